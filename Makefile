@@ -1,0 +1,34 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ROS_WHEELS ?= ../shared/ros/wheels
+# The stamp names the inputs of the install, so editing them re-runs it while a second run reuses the venv.
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py setup.cfg 2>/dev/null | sha1sum | cut -c1-12)$(if $(wildcard $(ROS_WHEELS)),-rosw)
+
+.PHONY: venv test demo bench loop clean
+venv: $(STAMP)
+
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q -r requirements.txt
+	@if [ -d "$(ROS_WHEELS)" ]; then \
+	  echo "installing the ROS 2 tooling wheels from $(ROS_WHEELS)"; \
+	  $(PY) -m pip install -q --no-deps $(ROS_WHEELS)/*.whl; \
+	else echo "note: $(ROS_WHEELS) absent; launch/ros2cli/message_filters tests will be skipped"; fi
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-*; touch $@
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) -m stereo_depth_ros.demo
+
+bench: venv
+	$(PY) bench/models.py
+
+clean:
+	rm -rf $(VENV) build install log *.egg-info

@@ -1,0 +1,41 @@
+"""ament_python install and plain pip install of stereo_depth_ros.
+
+`colcon build` installs the console scripts into lib/stereo_depth_ros/ (see setup.cfg) and the launch, config
+and rviz files into share/stereo_depth_ros/; `pip install -e .[train,test]` gives the same package in a venv.
+"""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "stereo_depth_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "training", "training.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
+    ],
+    python_requires=">=3.10",
+    install_requires=["numpy", "opencv-python-headless", "pyyaml", "torch", "timm"],
+    extras_require={
+        "onnx": ["onnx", "onnxruntime-gpu"],
+        "train": ["rosbags", "rosbags-image[opencv-headless]", "tqdm", "tensorboard", "onnx", "onnxruntime-gpu"],
+        "test": ["pytest<9", "scikit-image"],
+    },
+    zip_safe=True,
+    maintainer="stereo_depth_ros maintainers",
+    maintainer_email="maintainers@stereo-depth-ros.invalid",
+    description="Learned stereo depth for ROS 2 (RT-IGEV student, Selective-IGEV teacher)",
+    license="MIT",
+    entry_points={
+        "console_scripts": [
+            "stereo_depth_node = stereo_depth_ros.node:main",
+            "stereo-distill = training.cli:main",
+        ],
+    },
+)

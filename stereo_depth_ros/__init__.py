@@ -1,0 +1,3 @@
+"""Learned stereo depth for ROS 2."""
+
+__version__ = "0.1.0"
