@@ -1,0 +1,49 @@
+"""`stereo-distill`: the offline distillation command line.
+
+Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`; modules are
+imported only when their subcommand runs, so `stereo-distill extract` works without the training extras.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "extract": ("training.extract", "extract synchronised stereo pairs from a rosbag2 (sqlite3 or mcap) into DATA"),
+    "label": ("training.label", "pseudo-label DATA with the Selective-IGEV teacher (resumable, shardable)"),
+    "train": ("training.train", "distil the RT-IGEV student on teacher labels (resumable)"),
+    "eval": ("training.evaluate", "EPE / D1 / bad-N of a checkpoint or ONNX file on DATA"),
+    "export": ("training.export", "export the student to ONNX and verify it against PyTorch"),
+}
+
+
+class CliError(Exception):
+    """Bad input that the user can fix: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stereo-distill", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub_parser = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(sub_parser)
+        sub_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except CliError as error:
+        print(f"stereo-distill {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"stereo-distill {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
