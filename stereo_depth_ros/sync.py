@@ -1,0 +1,252 @@
+"""Stereo synchroniser with stereo_image_proc's policies and parameters, ROS-free at import time.
+
+Offers `StereoSynchronizer(callback, approximate=False, tolerance_seconds=0.0, queue_size=5,
+implementation="auto")` with four inputs, `add_left_image`, `add_right_image`, `add_left_info`,
+`add_right_info`, calling `callback(StereoFrame)` for each synchronised pair; `SyncStats` counters; and
+`message_filters_available()`.
+
+Policies (parameter names and defaults of stereo_image_proc's disparity node):
+- exact (`approximate_sync: false`): left and right image stamps are equal.
+- approximate (`approximate_sync: true`): stamps differ by less than `approximate_sync_tolerance_seconds`;
+  0 means no bound (stereo_image_proc then uses message_filters' unbounded ApproximateTime policy). Each arriving
+  image is paired with the closest waiting image of the other side.
+- `queue_size`: images kept per side while waiting for a partner (the oldest go first).
+
+The image pair is matched by `message_filters` (TimeSynchronizer / ApproximateTimeSynchronizer fed through plain
+SimpleFilter inputs, no node needed) when it is importable, otherwise by a small equivalent here with the same
+rules; `implementation="message_filters" | "builtin"` picks one explicitly. On top of either:
+- Output is strictly increasing in time: images not newer than the last pair (late, out of order, duplicated)
+  are dropped and counted, so a replayed or reordered stream never produces a pair twice or backwards.
+- camera_info is matched to the pair by stamp with the same policy, but kept out of the image match so that a
+  camera without camera_info still yields disparity (stereo_image_proc would wait forever). A pair waits for its
+  camera_info until the next pair is ready, then goes out with whatever matched (None for the rest, counted as
+  `missing_info`); a side that never sent camera_info is not waited for.
+Everything is bounded: queue_size images and camera_infos per side and one waiting pair.
+
+The callback runs inside `add_*` under the synchroniser's lock: keep it short (hand the frame to a worker).
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+NS_PER_S = 1_000_000_000
+# message_filters needs a finite slop; stereo_image_proc's "0 = unbounded" becomes this many seconds.
+UNBOUNDED_SLOP_S = 1.0e6
+
+LEFT, RIGHT = 0, 1
+
+
+class StereoFrame(NamedTuple):
+    """One synchronised stereo pair. Infos are None when no matching camera_info arrived."""
+
+    left_image: Any
+    right_image: Any
+    left_info: Any
+    right_info: Any
+
+    @property
+    def stamp_ns(self) -> int:
+        return stamp_ns(self.left_image)
+
+
+@dataclass
+class SyncStats:
+    """Counters since construction. pairs: frames delivered; dropped_stale: images dropped as not newer than the
+    last pair (out of order, duplicated, late); missing_info: pairs delivered without matching camera_info on a side
+    that sends it."""
+
+    pairs: int = 0
+    dropped_stale: int = 0
+    missing_info: int = 0
+
+
+def stamp_ns(msg: Any) -> int:
+    """header.stamp of a message as integer nanoseconds."""
+    stamp = msg.header.stamp
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+
+
+def message_filters_available() -> tuple[bool, str]:
+    """(True, "") when the real message_filters can be used, else (False, why)."""
+    try:
+        import message_filters  # noqa: F401  (imports rclpy)
+    except Exception as exc:  # ImportError, or rclpy failing to load its libraries
+        return False, f"message_filters is not importable ({type(exc).__name__}: {exc})"
+    return True, ""
+
+
+class _BuiltinPairMatcher:
+    """Two-input exact/approximate matcher with message_filters' rules (see the module docstring)."""
+
+    def __init__(self, on_pair: Callable[[Any, Any], None], approximate: bool, slop_ns: int | None,
+                 queue_size: int) -> None:
+        self._on_pair = on_pair
+        self._approximate = approximate
+        self._slop_ns = slop_ns
+        self._queue_size = queue_size
+        self._queues: tuple[dict[int, Any], dict[int, Any]] = ({}, {})
+
+    def add(self, side: int, msg: Any) -> None:
+        t = stamp_ns(msg)
+        mine, other = self._queues[side], self._queues[1 - side]
+        mine.pop(t, None)  # a duplicate stamp replaces the waiting message and becomes the newest entry
+        mine[t] = msg
+        while len(mine) > self._queue_size:
+            del mine[min(mine)]
+        if self._approximate:
+            best = None
+            for s in other:
+                delta = abs(s - t)
+                if (self._slop_ns is None or delta < self._slop_ns) and (best is None or delta < abs(best - t)):
+                    best = s
+        else:
+            best = t if t in other else None
+        if best is None:
+            return
+        mine_msg, other_msg = mine.pop(t), other.pop(best)
+        # Anything older than a matched pair could only pair backwards in time: let it go now.
+        for queue, limit in ((mine, t), (other, best)):
+            for s in [s for s in queue if s < limit]:
+                del queue[s]
+        if side == LEFT:
+            self._on_pair(mine_msg, other_msg)
+        else:
+            self._on_pair(other_msg, mine_msg)
+
+
+class _MessageFiltersPairMatcher:
+    """The real message_filters synchronisers, fed through SimpleFilter inputs (no node or subscription)."""
+
+    def __init__(self, on_pair: Callable[[Any, Any], None], approximate: bool, slop_ns: int | None,
+                 queue_size: int) -> None:
+        import message_filters
+
+        self._inputs = (message_filters.SimpleFilter(), message_filters.SimpleFilter())
+        if approximate:
+            slop_s = UNBOUNDED_SLOP_S if slop_ns is None else slop_ns / NS_PER_S
+            sync = message_filters.ApproximateTimeSynchronizer(list(self._inputs), queue_size, slop_s)
+        else:
+            sync = message_filters.TimeSynchronizer(list(self._inputs), queue_size)
+        sync.registerCallback(on_pair)
+        self._sync = sync
+
+    def add(self, side: int, msg: Any) -> None:
+        self._inputs[side].signalMessage(msg)
+
+
+class StereoSynchronizer:
+    """Pairs left/right images (and their camera_info) by stamp; see the module docstring for the rules.
+
+    callback: called with a StereoFrame per pair. approximate, tolerance_seconds, queue_size: stereo_image_proc's
+    `approximate_sync`, `approximate_sync_tolerance_seconds` (0 = unbounded), `queue_size`.
+    implementation: "auto" (message_filters when importable), "message_filters" or "builtin".
+    """
+
+    def __init__(self, callback: Callable[[StereoFrame], None], approximate: bool = False,
+                 tolerance_seconds: float = 0.0, queue_size: int = 5, implementation: str = "auto") -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+        if not tolerance_seconds >= 0.0:
+            raise ValueError(f"approximate_sync_tolerance_seconds must be >= 0, got {tolerance_seconds}")
+        if implementation == "auto":
+            implementation = "message_filters" if message_filters_available()[0] else "builtin"
+        matchers = {"builtin": _BuiltinPairMatcher, "message_filters": _MessageFiltersPairMatcher}
+        if implementation not in matchers:
+            raise ValueError(f"unknown synchroniser implementation {implementation!r}; expected auto, "
+                             "message_filters or builtin")
+        self.implementation = implementation
+        self.approximate = bool(approximate)
+        self.queue_size = int(queue_size)
+        self._slop_ns = int(round(tolerance_seconds * NS_PER_S)) if tolerance_seconds > 0 else None
+        self._callback = callback
+        self._lock = threading.RLock()
+        self._matcher = matchers[implementation](self._on_pair, self.approximate, self._slop_ns, self.queue_size)
+        self._last = (-1, -1)  # stamps (left, right) of the last pair delivered
+        self._infos: tuple[dict[int, Any], dict[int, Any]] = ({}, {})
+        self._info_seen = [False, False]
+        self._pending: tuple[Any, Any] | None = None
+        self.stats = SyncStats()
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+    def add_left_image(self, msg: Any) -> None:
+        self._add_image(LEFT, msg)
+
+    def add_right_image(self, msg: Any) -> None:
+        self._add_image(RIGHT, msg)
+
+    def add_left_info(self, msg: Any) -> None:
+        self._add_info(LEFT, msg)
+
+    def add_right_info(self, msg: Any) -> None:
+        self._add_info(RIGHT, msg)
+
+    # -- internals ------------------------------------------------------------------------------------------
+    def _add_image(self, side: int, msg: Any) -> None:
+        with self._lock:
+            if stamp_ns(msg) <= self._last[side]:
+                self.stats.dropped_stale += 1
+                return
+            self._matcher.add(side, msg)
+
+    def _add_info(self, side: int, msg: Any) -> None:
+        with self._lock:
+            cache = self._infos[side]
+            t = stamp_ns(msg)
+            cache.pop(t, None)
+            cache[t] = msg
+            while len(cache) > self.queue_size:
+                del cache[min(cache)]
+            self._info_seen[side] = True
+            if self._pending is not None:
+                infos = self._match_infos(*self._pending)
+                if self._complete(infos):
+                    pair, self._pending = self._pending, None
+                    self._deliver(pair, infos)
+
+    def _on_pair(self, left: Any, right: Any) -> None:
+        # Called by the matcher, inside _add_image, so under the lock.
+        stamps = (stamp_ns(left), stamp_ns(right))
+        if stamps[LEFT] <= self._last[LEFT] or stamps[RIGHT] <= self._last[RIGHT]:
+            # message_filters keeps older messages after a match; a later partner would pair them backwards.
+            self.stats.dropped_stale += 1
+            return
+        self._last = stamps
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._deliver(pending, self._match_infos(*pending))
+        infos = self._match_infos(left, right)
+        if self._complete(infos):
+            self._deliver((left, right), infos)
+        else:
+            self._pending = (left, right)
+
+    def _match_info(self, side: int, t: int) -> Any:
+        cache = self._infos[side]
+        if not self.approximate:
+            return cache.get(t)
+        best = None
+        for s in cache:
+            delta = abs(s - t)
+            if (self._slop_ns is None or delta < self._slop_ns) and (best is None or delta < abs(best - t)):
+                best = s
+        return None if best is None else cache[best]
+
+    def _match_infos(self, left: Any, right: Any) -> tuple[Any, Any]:
+        return self._match_info(LEFT, stamp_ns(left)), self._match_info(RIGHT, stamp_ns(right))
+
+    def _complete(self, infos: tuple[Any, Any]) -> bool:
+        return all(info is not None or not seen for info, seen in zip(infos, self._info_seen))
+
+    def _deliver(self, pair: tuple[Any, Any], infos: tuple[Any, Any]) -> None:
+        if not self._complete(infos):
+            self.stats.missing_info += 1
+        self.stats.pairs += 1
+        self._callback(StereoFrame(pair[0], pair[1], infos[0], infos[1]))
+
+    def pending(self) -> bool:
+        """True while a pair is waiting for its camera_info."""
+        with self._lock:
+            return self._pending is not None
