@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .update import ConvGRU, DispHead, MotionEncoder, mask_feature_head
+
 
 def pool2x(x: torch.Tensor) -> torch.Tensor:
     """Halve the resolution the way the upstream GRU hierarchy does (3x3 mean, zero-padded)."""
@@ -69,27 +71,6 @@ class SpatialAttentionExtractor(nn.Module):
         return torch.sigmoid(self.samconv(stats))
 
 
-class ConvGRU(nn.Module):
-    """Convolutional GRU cell with square kernels.
-
-    ``h [B, hidden, H, W]``, ``x [B, input, H, W]`` -> new ``h``.
-    """
-
-    def __init__(self, hidden_dim: int, input_dim: int, kernel_size: int = 3) -> None:
-        super().__init__()
-        pad = kernel_size // 2
-        self.convz = nn.Conv2d(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
-        self.convr = nn.Conv2d(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
-        self.convq = nn.Conv2d(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
-
-    def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        hx = torch.cat([h, x], dim=1)
-        z = torch.sigmoid(self.convz(hx))
-        r = torch.sigmoid(self.convr(hx))
-        q = torch.tanh(self.convq(torch.cat([r * h, x], dim=1)))
-        return (1 - z) * h + z * q
-
-
 class SelectiveConvGRU(nn.Module):
     """Two GRU cells (small and large kernel) blended per pixel: ``att*small + (1-att)*large``.
 
@@ -106,40 +87,6 @@ class SelectiveConvGRU(nn.Module):
     def forward(self, att: torch.Tensor, h: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         x = torch.cat(inputs, dim=1)
         return self.small_gru(h, x) * att + self.large_gru(h, x) * (1 - att)
-
-
-class MotionEncoder(nn.Module):
-    """Encode the sampled geometry features and the current disparity.
-
-    ``disp [B,1,H,W]``, ``corr [B, corr_channels, H, W]`` ->
-    ``[B, out_channels, H, W]`` whose last channel is ``disp`` itself.
-    """
-
-    def __init__(self, corr_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.convc1 = nn.Conv2d(corr_channels, 64, 1, padding=0)
-        self.convc2 = nn.Conv2d(64, 64, 3, padding=1)
-        self.convd1 = nn.Conv2d(1, 64, 7, padding=3)
-        self.convd2 = nn.Conv2d(64, 64, 3, padding=1)
-        self.conv = nn.Conv2d(64 + 64, out_channels - 1, 3, padding=1)
-
-    def forward(self, disp: torch.Tensor, corr: torch.Tensor) -> torch.Tensor:
-        c = F.relu(self.convc2(F.relu(self.convc1(corr))))
-        d = F.relu(self.convd2(F.relu(self.convd1(disp))))
-        out = F.relu(self.conv(torch.cat([c, d], dim=1)))
-        return torch.cat([out, disp], dim=1)
-
-
-class DispHead(nn.Module):
-    """Two 3x3 convs from the finest hidden state to a disparity update ``[B,1,H,W]``."""
-
-    def __init__(self, input_dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(input_dim, hidden_dim, 3, padding=1)
-        self.conv2 = nn.Conv2d(hidden_dim, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(F.relu(self.conv1(x)))
 
 
 class SelectiveMultiUpdateBlock(nn.Module):
@@ -169,7 +116,7 @@ class SelectiveMultiUpdateBlock(nn.Module):
         self.gru08 = SelectiveConvGRU(h08, h16 * (n_gru_layers == 3) + h08 + h04)
         self.gru04 = SelectiveConvGRU(h04, self.motion_dim + h08 + h04)
         self.disp_head = DispHead(h04, 256)
-        self.mask_feat_4 = nn.Sequential(nn.Conv2d(h04, 32, 3, padding=1), nn.ReLU(inplace=True))
+        self.mask_feat_4 = mask_feature_head(h04)
 
     def forward(self, net: list[torch.Tensor], inp: Sequence[torch.Tensor], corr: torch.Tensor,
                 disp: torch.Tensor, att: Sequence[torch.Tensor]

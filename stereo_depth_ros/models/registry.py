@@ -1,0 +1,31 @@
+"""Name -> network class registry (`register_model("name")` on the class)."""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+T = TypeVar("T", bound=type)
+
+_MODELS: dict[str, type] = {}
+
+
+def register_model(name: str) -> Callable[[T], T]:
+    """Class decorator: makes the network loadable as `load_model(name)` and sets `cls.name`."""
+
+    def decorate(cls: T) -> T:
+        if name in _MODELS and _MODELS[name] is not cls:
+            raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].__qualname__}")
+        cls.name = name
+        _MODELS[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_model_class(name: str) -> type:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {sorted(_MODELS)}")
+    return _MODELS[name]
+
+
+def available_models() -> list[str]:
+    return sorted(_MODELS)
