@@ -156,11 +156,12 @@ def disparity_to_depth(
         out = np.empty(d.shape, np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         np.divide(np.float32(camera.fx * camera.baseline), shifted, out=out)
-    invalid = ~(shifted > 0)  # also true for NaN
+    # f * baseline > 0, so 0 < depth < inf exactly when d + doffs is finite and positive (NaN compares false).
+    valid = out > 0
+    valid &= out < np.inf
     if confidence is not None and confidence_threshold > 0.0:
-        invalid |= ~(confidence >= confidence_threshold)
-    out[invalid] = np.nan
-    out[~np.isfinite(out)] = np.nan
+        valid &= confidence >= confidence_threshold
+    np.putmask(out, ~valid, np.float32(np.nan))
     return out
 
 

@@ -1,0 +1,212 @@
+"""Stereo synchroniser: the same cases against the real message_filters and our builtin equivalent."""
+import random
+from types import SimpleNamespace
+
+import pytest
+
+from stereo_depth_ros.sync import StereoSynchronizer, message_filters_available
+
+MF_OK, MF_WHY = message_filters_available()
+IMPLEMENTATIONS = [
+    "builtin",
+    pytest.param("message_filters", marks=pytest.mark.skipif(not MF_OK, reason=MF_WHY or "unavailable")),
+]
+
+try:  # real messages where ROS 2 is installed (message_filters needs builtin_interfaces stamps)
+    from sensor_msgs.msg import CameraInfo, Image
+
+    def image(t_ns: int, frame: str = "left"):
+        msg = Image()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(t_ns, 1_000_000_000)
+        msg.header.frame_id = frame
+        return msg
+
+    def info(t_ns: int, frame: str = "left"):
+        msg = CameraInfo()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(t_ns, 1_000_000_000)
+        msg.header.frame_id = frame
+        return msg
+except ImportError:  # the builtin synchroniser only needs header.stamp.sec/nanosec
+    def image(t_ns: int, frame: str = "left"):
+        sec, nanosec = divmod(t_ns, 1_000_000_000)
+        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec),
+                                                      frame_id=frame))
+
+    info = image
+
+MS = 1_000_000
+PERIOD = 33 * MS
+T0 = 1_700_000_000 * 1_000_000_000
+
+
+def stamps(frames):
+    return [(f.left_image.header.stamp.sec * 10**9 + f.left_image.header.stamp.nanosec,
+             f.right_image.header.stamp.sec * 10**9 + f.right_image.header.stamp.nanosec) for f in frames]
+
+
+def make(impl, **kwargs):
+    frames = []
+    sync = StereoSynchronizer(frames.append, implementation=impl, **kwargs)
+    assert sync.implementation == impl
+    return sync, frames
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_exact_pairs_equal_stamps_in_either_arrival_order(impl):
+    sync, frames = make(impl)
+    for k in range(6):
+        t = T0 + k * PERIOD
+        if k % 2:
+            sync.add_right_image(image(t, "right"))
+            sync.add_left_image(image(t))
+        else:
+            sync.add_left_image(image(t))
+            sync.add_right_image(image(t, "right"))
+    sync.add_left_image(image(T0 + 10 * PERIOD))
+    sync.add_right_image(image(T0 + 10 * PERIOD + 1, "right"))  # 1 ns apart: not exact
+    assert stamps(frames) == [(T0 + k * PERIOD,) * 2 for k in range(6)]
+    assert all(f.left_image.header.frame_id == "left" and f.right_image.header.frame_id == "right"
+               for f in frames)
+    assert sync.stats.pairs == 6
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_approximate_pairs_jittered_stamps(impl):
+    rng = random.Random(3)
+    sync, frames = make(impl, approximate=True, tolerance_seconds=0.010)
+    expected = []
+    for k in range(40):
+        t_left = T0 + k * PERIOD + rng.randint(-4 * MS, 4 * MS)
+        t_right = T0 + k * PERIOD + rng.randint(-4 * MS, 4 * MS)
+        msgs = [lambda: sync.add_left_image(image(t_left)), lambda: sync.add_right_image(image(t_right, "right"))]
+        rng.shuffle(msgs)
+        for add in msgs:
+            add()
+        expected.append((t_left, t_right))
+    assert stamps(frames) == expected
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_approximate_rejects_pairs_beyond_the_tolerance(impl):
+    sync, frames = make(impl, approximate=True, tolerance_seconds=0.005)
+    sync.add_left_image(image(T0))
+    sync.add_right_image(image(T0 + 6 * MS))
+    assert frames == []
+    sync.add_left_image(image(T0 + 10 * MS))  # 4 ms from the waiting right image
+    assert stamps(frames) == [(T0 + 10 * MS, T0 + 6 * MS)]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_approximate_zero_tolerance_is_unbounded_like_stereo_image_proc(impl):
+    sync, frames = make(impl, approximate=True, tolerance_seconds=0.0)
+    sync.add_left_image(image(T0))
+    sync.add_right_image(image(T0 + 400 * MS))
+    assert stamps(frames) == [(T0, T0 + 400 * MS)]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("approximate", [False, True])
+def test_out_of_order_and_duplicated_stamps_are_dropped(impl, approximate):
+    sync, frames = make(impl, approximate=approximate, tolerance_seconds=0.002)
+    t1, t2, t3 = T0, T0 + PERIOD, T0 + 2 * PERIOD
+    sync.add_left_image(image(t2))
+    sync.add_right_image(image(t2))
+    # late pair from before the last one
+    sync.add_left_image(image(t1))
+    sync.add_right_image(image(t1))
+    # the same pair again (a replay or a duplicating driver)
+    sync.add_left_image(image(t2))
+    sync.add_right_image(image(t2))
+    sync.add_left_image(image(t3))
+    sync.add_right_image(image(t3))
+    assert stamps(frames) == [(t2, t2), (t3, t3)]
+    assert sync.stats.dropped_stale >= 4
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_output_never_goes_backwards_when_an_old_image_waits(impl):
+    sync, frames = make(impl, approximate=True, tolerance_seconds=0.020)
+    sync.add_left_image(image(T0))  # its partner is lost
+    sync.add_left_image(image(T0 + PERIOD))
+    sync.add_right_image(image(T0 + PERIOD + 1 * MS))
+    sync.add_right_image(image(T0 + 5 * MS))  # late partner of the first left image: older than the last pair
+    sync.add_left_image(image(T0 + 2 * PERIOD))
+    sync.add_right_image(image(T0 + 2 * PERIOD))
+    pairs = stamps(frames)
+    assert pairs == [(T0 + PERIOD, T0 + PERIOD + 1 * MS), (T0 + 2 * PERIOD, T0 + 2 * PERIOD)]
+
+
+def waiting(sync):
+    matcher = sync._matcher
+    queues = matcher._queues if sync.implementation == "builtin" else matcher._sync.queues
+    return [len(q) for q in queues]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_queues_stay_bounded_and_keep_the_newest(impl):
+    sync, frames = make(impl, queue_size=3)
+    for k in range(200):
+        sync.add_left_image(image(T0 + k * PERIOD))
+        sync.add_left_info(info(T0 + k * PERIOD))
+    assert max(waiting(sync)) <= 3 and len(sync._infos[0]) <= 3
+    sync.add_right_image(image(T0 + 10 * PERIOD))  # its partner was evicted long ago
+    assert frames == []
+    sync.add_right_image(image(T0 + 198 * PERIOD))
+    assert stamps(frames) == [(T0 + 198 * PERIOD,) * 2]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_camera_info_is_attached_by_stamp_and_waited_for(impl):
+    sync, frames = make(impl)
+    t = T0
+    sync.add_left_info(info(t))
+    sync.add_right_info(info(t, "right"))
+    sync.add_left_image(image(t))
+    sync.add_right_image(image(t, "right"))
+    assert len(frames) == 1 and frames[0].left_info.header.frame_id == "left"
+    assert frames[0].right_info.header.frame_id == "right"
+    # images first: the pair waits for its camera_info
+    t = T0 + PERIOD
+    sync.add_left_image(image(t))
+    sync.add_right_image(image(t, "right"))
+    assert len(frames) == 1 and sync.pending()
+    sync.add_left_info(info(t))
+    assert len(frames) == 1
+    sync.add_right_info(info(t, "right"))
+    assert len(frames) == 2 and not sync.pending()
+    assert stamps([frames[1]]) == [(t, t)] and frames[1].right_info.header.stamp.nanosec == \
+        frames[1].right_image.header.stamp.nanosec
+    # camera_info missing for one frame: it goes out (without) when the next pair is ready
+    t2, t3 = T0 + 2 * PERIOD, T0 + 3 * PERIOD
+    sync.add_left_image(image(t2))
+    sync.add_right_image(image(t2, "right"))
+    sync.add_left_info(info(t3))
+    sync.add_right_info(info(t3, "right"))
+    sync.add_left_image(image(t3))
+    sync.add_right_image(image(t3, "right"))
+    assert stamps(frames[2:]) == [(t2, t2), (t3, t3)]
+    assert frames[2].left_info is None and frames[2].right_info is None
+    assert frames[3].left_info is not None and sync.stats.missing_info == 1
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_without_any_camera_info_pairs_go_out_at_once(impl):
+    sync, frames = make(impl, approximate=True, tolerance_seconds=0.01)
+    sync.add_left_image(image(T0))
+    sync.add_right_image(image(T0 + MS))
+    assert len(frames) == 1 and frames[0].left_info is None and frames[0].right_info is None
+    assert sync.stats.missing_info == 0  # nothing was expected
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="queue_size"):
+        StereoSynchronizer(print, queue_size=0, implementation="builtin")
+    with pytest.raises(ValueError, match="tolerance"):
+        StereoSynchronizer(print, tolerance_seconds=-1.0, implementation="builtin")
+    with pytest.raises(ValueError, match="implementation"):
+        StereoSynchronizer(print, implementation="ros1")
+
+
+def test_auto_picks_message_filters_when_importable():
+    sync = StereoSynchronizer(print)
+    assert sync.implementation == ("message_filters" if MF_OK else "builtin")
