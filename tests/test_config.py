@@ -69,6 +69,7 @@ def test_missing_params_file(tmp_path):
     ({"device": "gpu"}, "parameter device"),
     ({"iters": -1}, "parameter iters"),
     ({"max_disparity": 0}, "parameter max_disparity"),
+    ({"max_disparity": 190}, "parameter max_disparity: the torch networks need a multiple of 4"),
     ({"input_width": 320}, "input_width/input_height"),
     ({"input_width": 16, "input_height": 16}, "parameter input_width"),
     ({"approximate_sync_tolerance_seconds": -0.1}, "approximate_sync_tolerance_seconds"),

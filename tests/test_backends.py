@@ -1,0 +1,186 @@
+"""Estimator backends on CPU: opencv_sgbm on a real pair, torch with the parity fixture, onnxruntime on a small graph."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from stereo_depth_ros.inference import StereoEstimate, create_estimator
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="module")
+def motorcycle_half():
+    """skimage's Middlebury Motorcycle at half size (250x370) with its ground truth scaled alike."""
+    data = pytest.importorskip("skimage.data", reason="scikit-image not installed")
+    left, right, disp = data.stereo_motorcycle()
+    size = (370, 250)
+    gt = cv2.resize(np.where(np.isfinite(disp), disp, np.nan).astype(np.float32), size,
+                    interpolation=cv2.INTER_NEAREST) * np.float32(size[0] / left.shape[1])
+    shrink = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in (left, right)]
+    return shrink[0], shrink[1], gt
+
+
+def test_unknown_backend_names_the_choices():
+    with pytest.raises(ValueError, match="opencv_sgbm"):
+        create_estimator("tensorflow")
+
+
+# ---------------------------------------------------------------------------------------------- opencv_sgbm
+def test_sgbm_on_motorcycle_is_accurate_where_it_reports(motorcycle_half):
+    left, right, gt = motorcycle_half
+    estimator = create_estimator("opencv_sgbm", max_disparity=40)
+    assert estimator.num_disparities == 48
+    out = estimator.estimate(left, right)
+    assert isinstance(out, StereoEstimate)
+    assert out.disparity.shape == gt.shape and out.disparity.dtype == np.float32
+    both = np.isfinite(out.disparity) & np.isfinite(gt)
+    error = np.abs(out.disparity - gt)[both]
+    assert both.mean() > 0.6, f"only {both.mean():.2f} of the pixels have a disparity"
+    assert error.mean() < 1.5, f"EPE {error.mean():.2f} px"
+    assert (error > 2).mean() < 0.15
+    # confidence: 0..1, zero exactly where the disparity is invalid, and it ranks errors
+    conf = out.confidence
+    assert conf.dtype == np.float32 and conf.min() >= 0 and conf.max() <= 1
+    assert np.array_equal(conf > 0, np.isfinite(out.disparity))
+    sure = both & (conf >= 0.99)
+    unsure = both & (conf < 0.99)
+    assert np.abs(out.disparity - gt)[sure].mean() < np.abs(out.disparity - gt)[unsure].mean()
+
+
+def test_sgbm_invalidates_what_it_cannot_match():
+    rng = np.random.default_rng(0)
+    left = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    right = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)  # unrelated views: nothing consistent
+    out = create_estimator("opencv_sgbm", max_disparity=16).estimate(left, right)
+    assert np.isnan(out.disparity).mean() > 0.5
+    # a flat image has no texture to match at all
+    flat = np.full((64, 96, 3), 128, np.uint8)
+    assert np.isnan(create_estimator("opencv_sgbm", max_disparity=16).estimate(flat, flat).disparity).all()
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"max_disparity": 0}, "max_disparity"),
+    ({"block_size": 4}, "block_size"),
+    ({"mode": "fast"}, "mode"),
+])
+def test_sgbm_bad_options(options, match):
+    with pytest.raises(ValueError, match=match):
+        create_estimator("opencv_sgbm", **options)
+
+
+def test_sgbm_rejects_mismatched_pair():
+    estimator = create_estimator("opencv_sgbm", max_disparity=16)
+    with pytest.raises(ValueError, match="differ"):
+        estimator.estimate(np.zeros((32, 48, 3), np.uint8), np.zeros((32, 40, 3), np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- torch
+def test_torch_backend_reproduces_the_parity_fixture():
+    fixture = SHARED / "parity" / "rt_igev"
+    if not (fixture / "weights.pth").is_file():
+        pytest.skip(f"parity fixture absent ({fixture}); it lives in ../shared beside the repo")
+    pytest.importorskip("stereo_depth_ros.models.rt_igev", reason="RT-IGEV not available")
+    case = np.load(fixture / "case_a.npz")
+    left = case["left"][0].transpose(1, 2, 0).astype(np.uint8)  # integer-valued RGB in the fixture
+    right = case["right"][0].transpose(1, 2, 0).astype(np.uint8)
+    estimator = create_estimator("torch", model="rt_igev", model_path=str(fixture / "weights.pth"), device="cpu",
+                                 iters=int(case["iters"]), max_disparity=192)
+    out = estimator.estimate(left, right)
+    expected = case["disp_test"][0, 0]
+    assert out.disparity.shape == expected.shape
+    finite = np.isfinite(out.disparity)
+    assert np.array_equal(finite, expected > 0)
+    np.testing.assert_allclose(out.disparity[finite], expected[finite], atol=3e-4)
+    assert out.confidence is not None and out.confidence.shape == expected.shape
+    assert 0.0 <= out.confidence.min() and out.confidence.max() <= 1.0
+
+
+def test_torch_backend_errors():
+    pytest.importorskip("stereo_depth_ros.models.rt_igev", reason="RT-IGEV not available")
+    with pytest.raises(FileNotFoundError, match="model_path"):
+        create_estimator("torch", model_path="/nonexistent/student.pth")
+    with pytest.raises(ValueError, match="iters"):
+        create_estimator("torch", iters=0)
+    with pytest.raises(ValueError, match="rt_igev|unknown"):
+        create_estimator("torch", model="no_such_net", device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------- onnxruntime
+def tiny_stereo_onnx(path: Path, height=None, width=None, padded_inside=False, confidence=True):
+    """A graph with the export's names: disparity = channel mean of left (so cropping is checkable),
+    confidence = channel mean of right / 255. Built with onnx.helper: no torch export needed for the contract."""
+    onnx = pytest.importorskip("onnx", reason="onnx not installed")
+    from onnx import TensorProto, helper
+
+    h = height if height is not None else "height"
+    w = width if width is not None else "width"
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, h, w]) for n in ("left", "right")]
+    outputs = [helper.make_tensor_value_info("disparity", TensorProto.FLOAT, [1, 1, h, w])]
+    nodes = [helper.make_node("ReduceMean", ["left"], ["disparity"], axes=[1], keepdims=1)]
+    initializers = []
+    if confidence:
+        outputs.append(helper.make_tensor_value_info("confidence", TensorProto.FLOAT, [1, 1, h, w]))
+        initializers.append(helper.make_tensor("scale", TensorProto.FLOAT, [], [1 / 255.0]))
+        nodes += [helper.make_node("ReduceMean", ["right"], ["gray_right"], axes=[1], keepdims=1),
+                  helper.make_node("Mul", ["gray_right", "scale"], ["confidence"])]
+    graph = helper.make_graph(nodes, "tiny_stereo", inputs, outputs, initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"stereo_depth_ros.padded_inside": "1" if padded_inside else "0",
+                                   "stereo_depth_ros.iters": "8", "stereo_depth_ros.model": "rt_igev"})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def pair(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(1, 256, (height, width, 3), dtype=np.uint8),
+            rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_onnx_backend_pads_to_the_fixed_export_size_and_crops_back(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    path = tiny_stereo_onnx(tmp_path / "fixed.onnx", height=64, width=96, padded_inside=False)
+    estimator = create_estimator("onnxruntime", model_path=str(path), providers=["CPUExecutionProvider"])
+    assert estimator.providers == ["CPUExecutionProvider"] and estimator.iters == 8
+    assert estimator.fixed_size == (64, 96) and not estimator.padded_inside
+    left, right = pair(50, 70)  # pads to 64x96 inside the backend
+    out = estimator.estimate(left, right)
+    np.testing.assert_allclose(out.disparity, left.astype(np.float32).mean(axis=2), rtol=1e-6)
+    np.testing.assert_allclose(out.confidence, right.astype(np.float32).mean(axis=2) / 255, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="exported for 96x64"):
+        estimator.estimate(*pair(100, 100))
+
+
+def test_onnx_backend_dynamic_graph_padded_inside(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    path = tiny_stereo_onnx(tmp_path / "dyn.onnx", padded_inside=True, confidence=False)
+    estimator = create_estimator("onnxruntime", model_path=str(path),
+                                 providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert estimator.fixed_size is None and estimator.padded_inside
+    left, right = pair(37, 41)
+    left[0, 0] = 0  # zero disparity is no disparity
+    out = estimator.estimate(left, right)
+    assert out.confidence is None and out.disparity.shape == (37, 41)
+    assert np.isnan(out.disparity[0, 0]) and np.isfinite(out.disparity[1:]).all()
+
+
+def test_onnx_provider_selection_and_bad_files(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    from stereo_depth_ros.inference.onnx_backend import DEFAULT_PROVIDERS, select_providers
+
+    assert select_providers(None, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert select_providers(None, list(reversed(DEFAULT_PROVIDERS))) == list(DEFAULT_PROVIDERS)
+    with pytest.raises(ValueError, match="none of the onnxruntime providers"):
+        select_providers(["TensorrtExecutionProvider"], ["CPUExecutionProvider"])
+    with pytest.raises(ValueError, match="unknown onnxruntime provider"):
+        select_providers(["cuda"], ["CPUExecutionProvider"])
+    with pytest.raises(FileNotFoundError, match="not found"):
+        create_estimator("onnxruntime", model_path=str(tmp_path / "missing.onnx"))
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="cannot load ONNX model"):
+        create_estimator("onnxruntime", model_path=str(garbage), providers=["CPUExecutionProvider"])
