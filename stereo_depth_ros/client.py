@@ -1,0 +1,356 @@
+"""Drive a `stereo_depth_node` from outside, over real DDS: start it as its own process, stream pairs, collect outputs.
+
+The demo, the end-to-end bench and the tests all need the same three things, so they live here once:
+- `isolated_ros_env`: an environment that keeps discovery on this host and in a domain of its own, with logs and
+  launch_ros' temporary files in a directory the caller owns;
+- `NodeProcess`: a child process in its own session, stopped with SIGINT to the whole group (how `ros2 launch`
+  and rclpy expect to be stopped; SIGTERM leaves launched nodes orphaned);
+- `StereoClient`: an rclpy node in a private context that publishes the four inputs and records every output.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+
+OUTPUT_TOPICS = ("disparity", "depth", "points2", "confidence")
+
+
+def default_domain_id() -> int:
+    """A domain derived from the process id, so that concurrent runs on one machine rarely meet."""
+    return os.getpid() % 90 + 5
+
+
+def isolated_ros_env(
+    workdir: str | os.PathLike,
+    domain_id: int | None = None,
+    fastdds_profile: str | os.PathLike | None = None,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Environment for ROS processes that must only see each other.
+
+    Discovery stays on localhost, in `domain_id` (default `default_domain_id()`); ROS logs and TMPDIR go under
+    `workdir`. `fastdds_profile` selects a Fast DDS XML profile; None removes any inherited one so that runs
+    are comparable.
+    """
+    workdir = Path(workdir)
+    (workdir / "ros_log").mkdir(parents=True, exist_ok=True)
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ if base is None else base)
+    env.update(
+        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+        ROS_DOMAIN_ID=str(default_domain_id() if domain_id is None else domain_id),
+        ROS_LOG_DIR=str(workdir / "ros_log"),
+        TMPDIR=str(workdir / "tmp"),
+        PYTHONUNBUFFERED="1",
+        RCUTILS_COLORIZED_OUTPUT="0",
+    )
+    for key in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"):
+        env.pop(key, None)
+        if fastdds_profile is not None:
+            env[key] = str(fastdds_profile)
+    # A user's ROS_LOCALHOST_ONLY (pre-Jazzy) would conflict with the range above.
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    return env
+
+
+def node_command(parameters: Mapping[str, object] | None = None, remappings: Mapping[str, str] | None = None,
+                 params_file: str | os.PathLike | None = None, node_name: str | None = None) -> list[str]:
+    """The command line that runs the node in this interpreter, with `--ros-args` overrides."""
+    cmd = [sys.executable, "-m", "stereo_depth_ros.node", "--ros-args"]
+    if node_name:
+        cmd += ["-r", f"__node:={node_name}"]
+    if params_file is not None:
+        cmd += ["--params-file", str(params_file)]
+    for name, value in (parameters or {}).items():
+        cmd += ["-p", f"{name}:={_param_literal(value)}"]
+    for src, dst in (remappings or {}).items():
+        cmd += ["-r", f"{src}:={dst}"]
+    return cmd
+
+
+def _param_literal(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        # Quote so that YAML never turns "1e3" or "true" into a number or a bool.
+        return "'" + value.replace("'", "''") + "'" if value else "''"
+    return str(value)
+
+
+class NodeProcess:
+    """A child process in its own session with its output in a log file; use as a context manager."""
+
+    def __init__(self, cmd: Sequence[str], env: Mapping[str, str], log_path: str | os.PathLike,
+                 cwd: str | os.PathLike | None = None):
+        self.cmd = list(cmd)
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.cmd, env=dict(env), cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> bool:
+        """Wait until `text` appears in the output (True) or the process exits or time runs out (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            if self.proc.poll() is not None:
+                return text in self.log()
+            time.sleep(0.1)
+        return False
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.flush()
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGINT to the process group, then SIGTERM and SIGKILL if it does not exit. Returns the exit status."""
+        for sig, grace in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if self.proc.poll() is not None:
+                break
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                continue
+        code = self.proc.wait()
+        self._log.close()
+        return code
+
+    def __enter__(self) -> "NodeProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None or not self._log.closed:
+            self.stop()
+
+
+@dataclass
+class Received:
+    """One output message and the wall-clock time (time.time()) at which the client got it."""
+
+    stamp: float
+    msg: object
+
+
+class StereoClient:
+    """An rclpy node in its own context: publishes left/right images and camera_info, records the node's outputs.
+
+    `env` must be the environment of the node under test (`isolated_ros_env`); its discovery settings are applied
+    to this process before the participant is created. Topic names are relative to `namespace`.
+    """
+
+    def __init__(self, env: Mapping[str, str], namespace: str = "", name: str = "stereo_client",
+                 inputs: Mapping[str, str] | None = None, outputs: Sequence[str] = OUTPUT_TOPICS,
+                 diagnostics: bool = True, reliable_inputs: bool = True):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from stereo_msgs.msg import DisparityImage
+
+        for key in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"):
+            if key in env:
+                os.environ[key] = env[key]
+        self._rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=int(env["ROS_DOMAIN_ID"]),
+                   signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+        self.node = rclpy.create_node(name, namespace=namespace, context=self.context)
+        topics = {"left_image": "left/image_rect", "right_image": "right/image_rect",
+                  "left_info": "left/camera_info", "right_info": "right/camera_info"}
+        topics.update(inputs or {})
+        qos_in = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
+                            reliability=ReliabilityPolicy.RELIABLE if reliable_inputs else ReliabilityPolicy.BEST_EFFORT)
+        self.pub = {
+            "left_image": self.node.create_publisher(Image, topics["left_image"], qos_in),
+            "right_image": self.node.create_publisher(Image, topics["right_image"], qos_in),
+            "left_info": self.node.create_publisher(CameraInfo, topics["left_info"], qos_in),
+            "right_info": self.node.create_publisher(CameraInfo, topics["right_info"], qos_in),
+        }
+        types = {"disparity": DisparityImage, "depth": Image, "points2": PointCloud2, "confidence": Image}
+        self._cond = threading.Condition()
+        self.received: dict[str, list[Received]] = defaultdict(list)
+        qos_out = QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+        self._subs = [self.node.create_subscription(types[t], t, self._recorder(t), qos_out) for t in outputs]
+        if diagnostics:
+            self._subs.append(self.node.create_subscription(DiagnosticArray, "/diagnostics",
+                                                            self._recorder("diagnostics"), qos_out))
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._spinner = threading.Thread(target=self._spin, name="stereo_client_spin", daemon=True)
+        self._spinner.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # the context was shut down while spinning
+            pass
+
+    def _recorder(self, topic: str) -> Callable[[object], None]:
+        def record(msg: object) -> None:
+            with self._cond:
+                self.received[topic].append(Received(time.time(), msg))
+                self._cond.notify_all()
+        return record
+
+    def wait_for_node(self, timeout: float = 20.0) -> bool:
+        """Wait until the node subscribes to all four inputs and we subscribe to its outputs (discovery)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            inputs_ok = all(p.get_subscription_count() > 0 for p in self.pub.values())
+            outputs_ok = all(s.get_publisher_count() > 0 for s in self._subs if s.topic_name.endswith(("disparity", "depth")))
+            if inputs_ok and outputs_ok:
+                # Matching is reported a little before the first sample can flow both ways.
+                time.sleep(0.3)
+                return True
+            time.sleep(0.1)
+        return False
+
+    def publish(self, left_image, right_image, left_info=None, right_info=None, info_lead: float = 0.0) -> None:
+        """Publish one pair, camera_info first.
+
+        Topics are independent streams, so the node may see the images before the camera_info of the same stamp;
+        until it has seen one camera_info it does not wait for them. `info_lead` seconds between the two make sure
+        the first pair of a stream carries its camera_info.
+        """
+        if left_info is not None:
+            self.pub["left_info"].publish(left_info)
+        if right_info is not None:
+            self.pub["right_info"].publish(right_info)
+        if info_lead > 0 and (left_info is not None or right_info is not None):
+            time.sleep(info_lead)
+        self.pub["left_image"].publish(left_image)
+        self.pub["right_image"].publish(right_image)
+
+    def count(self, topic: str) -> int:
+        with self._cond:
+            return len(self.received[topic])
+
+    def wait_for(self, topic: str, predicate: Callable[[object], bool] | None = None, timeout: float = 15.0,
+                 start: int = 0) -> object | None:
+        """The first message on `topic` from index `start` on that satisfies `predicate`, or None on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            index = start
+            while True:
+                items = self.received[topic]
+                while index < len(items):
+                    msg = items[index].msg
+                    index += 1
+                    if predicate is None or predicate(msg):
+                        return msg
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+
+    def wait_for_stamp(self, topic: str, stamp, timeout: float = 15.0):
+        """The message on `topic` whose header stamp equals `stamp` (builtin_interfaces/Time), or None."""
+        return self.wait_for(topic, lambda m: m.header.stamp == stamp, timeout)
+
+    def received_at(self, topic: str, stamp) -> float | None:
+        with self._cond:
+            for item in self.received[topic]:
+                if item.msg.header.stamp == stamp:
+                    return item.stamp
+        return None
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self._rclpy.try_shutdown(context=self.context)
+        self._spinner.join(timeout=5.0)
+
+    def __enter__(self) -> "StereoClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def stamp_from_seconds(seconds: float):
+    """builtin_interfaces/Time from a float of seconds."""
+    from builtin_interfaces.msg import Time
+
+    nanos = int(round(seconds * 1e9))
+    return Time(sec=nanos // 1_000_000_000, nanosec=nanos % 1_000_000_000)
+
+
+def stamp_to_seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def diagnostic_values(array_msg, name_contains: str = "stereo_depth") -> dict[str, str] | None:
+    """key -> value of the first DiagnosticStatus whose name contains `name_contains`, or None."""
+    for status in array_msg.status:
+        if name_contains in status.name:
+            return {kv.key: kv.value for kv in status.values}
+    return None
+
+
+
+def image_message(array, encoding: str, stamp, frame_id: str):
+    """sensor_msgs/Image for a numpy array (through the project's one image conversion)."""
+    from sensor_msgs.msg import Image
+
+    from stereo_depth_ros.image_conversion import array_to_image
+
+    msg = array_to_image(array, encoding, Image())
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def stereo_camera_infos(width: int, height: int, fx: float, cx_left: float, cy: float, baseline: float,
+                        cx_right: float | None = None, fy: float | None = None, stamp=None,
+                        frame_id: str = "left_camera_optical_frame"):
+    """Rectified (left, right) sensor_msgs/CameraInfo of an ideal stereo rig.
+
+    baseline in metres; the right projection carries the translation, P_right[0,3] = -fx * baseline, as
+    camera_calibration writes it. cx_right defaults to cx_left (ROS rectification); a different value models
+    Middlebury's doffs. Both share the left frame_id: after rectification the images share one optical frame.
+    """
+    from sensor_msgs.msg import CameraInfo
+
+    fy = fx if fy is None else fy
+    cx_right = cx_left if cx_right is None else cx_right
+    infos = []
+    for cx, tx in ((cx_left, 0.0), (cx_right, -fx * baseline)):
+        info = CameraInfo()
+        info.width, info.height = int(width), int(height)
+        info.distortion_model = "plumb_bob"
+        info.d = [0.0] * 5
+        info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+        info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        info.p = [fx, 0.0, cx, tx, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+        if stamp is not None:
+            info.header.stamp = stamp
+        info.header.frame_id = frame_id
+        infos.append(info)
+    return infos[0], infos[1]

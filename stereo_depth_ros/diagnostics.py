@@ -1,0 +1,142 @@
+"""Frame statistics behind the node's /diagnostics status and its throttled log line (ROS-free).
+
+Rates are counted over a sliding window of event times; latencies are summarised by the median and the
+maximum of the window, which is what one needs to see both the typical delay and the hiccups.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class EventWindow:
+    """Times (and optional values) of recent events, kept for `window` seconds."""
+
+    def __init__(self, window: float = 5.0) -> None:
+        self.window = window
+        self._events: deque[tuple[float, float]] = deque()
+
+    def add(self, value: float = 0.0, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._events.append((now, value))
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._events and now - self._events[0][0] > self.window:
+            self._events.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        """Events per second over the window (0 with fewer than two events)."""
+        now = time.monotonic() if now is None else now
+        self._trim(now)
+        if len(self._events) < 2:
+            return 0.0
+        span = self._events[-1][0] - self._events[0][0]
+        return (len(self._events) - 1) / span if span > 0 else 0.0
+
+    def values(self, now: float | None = None) -> np.ndarray:
+        now = time.monotonic() if now is None else now
+        self._trim(now)
+        return np.fromiter((v for _, v in self._events), np.float64, len(self._events))
+
+
+@dataclass
+class FrameStats:
+    """Counters and windows the node updates from its callbacks and its worker (all methods are thread-safe)."""
+
+    window: float = 5.0
+    received_pairs: int = 0
+    processed_pairs: int = 0
+    dropped_pairs: int = 0
+    rejected_pairs: int = 0
+    last_valid_share: float = float("nan")
+    last_problem: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self._inputs = EventWindow(self.window)
+        self._outputs = EventWindow(self.window)
+        self._latency = EventWindow(self.window)
+        self._inference = EventWindow(self.window)
+
+    def pair_received(self, dropped_older: bool) -> None:
+        with self._lock:
+            self.received_pairs += 1
+            self.dropped_pairs += int(dropped_older)
+            self._inputs.add()
+
+    def pair_dropped(self, count: int = 1) -> None:
+        with self._lock:
+            self.dropped_pairs += count
+
+    def pair_rejected(self, problem: str) -> None:
+        with self._lock:
+            self.rejected_pairs += 1
+            self.last_problem = problem
+
+    def pair_published(self, latency_s: float, inference_s: float, valid_share: float) -> None:
+        with self._lock:
+            self.processed_pairs += 1
+            self.last_valid_share = valid_share
+            now = time.monotonic()
+            self._outputs.add(now=now)
+            self._latency.add(latency_s, now)
+            self._inference.add(inference_s, now)
+
+    def snapshot(self) -> dict[str, float | int | str]:
+        """Current figures (latencies in milliseconds, rates in Hz)."""
+        with self._lock:
+            now = time.monotonic()
+            latency = self._latency.values(now) * 1e3
+            inference = self._inference.values(now) * 1e3
+            return {
+                "input_rate_hz": self._inputs.rate(now),
+                "output_rate_hz": self._outputs.rate(now),
+                "latency_ms_median": float(np.median(latency)) if latency.size else float("nan"),
+                "latency_ms_max": float(latency.max()) if latency.size else float("nan"),
+                "inference_ms_median": float(np.median(inference)) if inference.size else float("nan"),
+                "received_pairs": self.received_pairs,
+                "processed_pairs": self.processed_pairs,
+                "dropped_pairs": self.dropped_pairs,
+                "rejected_pairs": self.rejected_pairs,
+                "valid_depth_share": self.last_valid_share,
+                "last_problem": self.last_problem,
+            }
+
+
+def format_value(value: float | int | str) -> str:
+    if isinstance(value, float):
+        return "nan" if value != value else f"{value:.3f}"
+    return str(value)
+
+
+def summary_line(snap: dict[str, float | int | str]) -> str:
+    """One human-readable line for the throttled log."""
+    return (
+        f"in {snap['input_rate_hz']:.1f} Hz, out {snap['output_rate_hz']:.1f} Hz, "
+        f"latency {format_value(snap['latency_ms_median'])} ms (max {format_value(snap['latency_ms_max'])}), "
+        f"inference {format_value(snap['inference_ms_median'])} ms, dropped {snap['dropped_pairs']}, "
+        f"rejected {snap['rejected_pairs']}, valid depth {format_value(snap['valid_depth_share'])}"
+    )
+
+
+class Throttle:
+    """Per-key rate limit for warnings, so that one recurring problem cannot hide a different one."""
+
+    def __init__(self, period: float = 5.0) -> None:
+        self.period = period
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def ready(self, key: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.period:
+                return False
+            self._last[key] = now
+            return True
