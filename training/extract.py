@@ -312,6 +312,9 @@ def run(args: argparse.Namespace) -> int:
 def _write_sample(folder: Path, pair: Pair, halves: dict, args, write_image) -> str | None:
     """Write one sample; returns why it cannot be written (unconvertible frame, size mismatch) or None."""
     (left, left_msg), (right, right_msg) = halves["left"], halves["right"]
+    if folder.is_dir():  # temporary files of a killed run (atomic_io names them .<stem>.*.partial.*)
+        for stale in folder.glob(".*.partial*"):
+            stale.unlink(missing_ok=True)
     for image, problem in ((left, left_msg), (right, right_msg)):
         if image is None:
             return problem
