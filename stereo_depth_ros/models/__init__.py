@@ -31,7 +31,7 @@ import torch
 
 from .base import IGEVBase
 from .checkpoint import CheckpointError, load_state_dict_strict, read_checkpoint, save_checkpoint
-from .config import IGEVConfig
+from .config import PRECISIONS, IGEVConfig
 from .registry import available_models, get_model_class, register_model
 
 # Modules whose import registers a network. The teacher's module is optional until it lands.
@@ -76,8 +76,9 @@ def load_model(
             raise CheckpointError(f"checkpoint {checkpoint} was saved from model {ckpt.model_name!r}, not {name!r}")
         values.update(ckpt.config or {})
     values.update(overrides)
-    if values.get("precision", "fp32") != "fp32" and device.type != "cuda":
-        warnings.warn(f"precision {values['precision']!r} needs CUDA; running {name} in fp32 on {device}", stacklevel=2)
+    precision = values.get("precision", "fp32")
+    if precision in PRECISIONS and precision != "fp32" and device.type != "cuda":
+        warnings.warn(f"precision {precision!r} needs CUDA; running {name} in fp32 on {device}", stacklevel=2)
         values["precision"] = "fp32"
     config = cls.config_class.from_dict(values)
     with torch.random.fork_rng(devices=[]):

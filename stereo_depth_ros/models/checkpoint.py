@@ -44,16 +44,19 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {path} holds objects torch.load(weights_only=True) refuses (only tensors and plain "
-            f"containers are accepted): {first}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
+            AttributeError, IndexError, TypeError) as exc:
+        text = str(exc)
+        if "Unsupported global" in text:
+            # a real checkpoint holding objects (numpy arrays, custom classes) that we refuse to unpickle
+            detail = next((line.strip() for line in text.splitlines() if "Unsupported global" in line), "")
+            raise CheckpointError(
+                f"checkpoint {path} holds objects torch.load(weights_only=True) refuses (only tensors, numbers, "
+                f"strings and containers of them are accepted): {detail}"
+            ) from None
         raise CheckpointError(
             f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or not a checkpoint file; "
-            f"{path.stat().st_size} bytes): {type(exc).__name__}"
+            f"{path.stat().st_size} bytes; {type(exc).__name__})"
         ) from None
 
     if isinstance(payload, Mapping) and "model" in payload and isinstance(payload["model"], Mapping):
