@@ -53,10 +53,11 @@ def isolated_ros_env(
         PYTHONUNBUFFERED="1",
         RCUTILS_COLORIZED_OUTPUT="0",
     )
-    for key in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"):
-        env.pop(key, None)
-        if fastdds_profile is not None:
-            env[key] = str(fastdds_profile)
+    # Fast DDS 3 reads FASTDDS_*; the older FASTRTPS_* name still works there but makes the rmw warn.
+    env.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)
+    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    if fastdds_profile is not None:
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(fastdds_profile)
     # A user's ROS_LOCALHOST_ONLY (pre-Jazzy) would conflict with the range above.
     env.pop("ROS_LOCALHOST_ONLY", None)
     return env
@@ -177,6 +178,8 @@ class StereoClient:
         for key in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"):
             if key in env:
                 os.environ[key] = env[key]
+            else:
+                os.environ.pop(key, None)
         self._rclpy = rclpy
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=int(env["ROS_DOMAIN_ID"]),

@@ -14,6 +14,7 @@ published); the node keeps running. Invalid parameters stop it at start-up with 
 """
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -268,7 +269,8 @@ class StereoDepthNode(Node):
 
     # -- reporting -----------------------------------------------------------------------------------------------
     def _warn(self, kind: str, message: str) -> None:
-        if self._throttle.ready(kind):
+        # Throttled per problem (numbers aside), so that a recurring problem cannot hide a different one.
+        if self._throttle.ready(kind + ":" + re.sub(r"[0-9.]+", "#", message)):
             self.get_logger().warning(message)
 
     def _publish_diagnostics(self) -> None:
