@@ -201,10 +201,12 @@ def depth_to_points(depth: np.ndarray, camera: StereoCamera, out: np.ndarray | N
 
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] RGB -> float32 [H, W] holding 0x00RRGGBB bit patterns (PCL's packed `rgb` field)."""
-    rgb = np.asarray(rgb, dtype=np.uint8)
-    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
-    return packed.view(np.float32)
+    """uint8 [H, W, 3] RGB -> float32 [H, W] holding 0xFFRRGGBB bit patterns (PCL's packed `rgb` field, alpha
+    255 as PCL's PointXYZRGB sets it). Little-endian B, G, R, A bytes are exactly OpenCV's BGRA pixel."""
+    bgra = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGRA)
+    if np.little_endian:
+        return bgra.view(np.float32)[..., 0]
+    return np.ascontiguousarray(bgra[..., ::-1]).view(np.float32)[..., 0]
 
 
 # PointCloud2 layout: (name, byte offset, PointField.FLOAT32 == 7, count)
@@ -225,7 +227,7 @@ def cloud_array(depth: np.ndarray, camera: StereoCamera, rgb: np.ndarray | None 
         out = np.empty((height, width, 4), np.float32)
     depth_to_points(depth, camera, out=out[..., :3])
     if rgb is None:
-        out[..., 3] = np.array([0x00FFFFFF], np.uint32).view(np.float32)[0]
+        out[..., 3] = np.array([0xFFFFFFFF], np.uint32).view(np.float32)[0]
     else:
         if rgb.shape[:2] != depth.shape:
             raise ValueError(f"colour image {rgb.shape[:2]} and depth {depth.shape} differ in size")
@@ -282,9 +284,8 @@ def disparity_image_fields(disparity: np.ndarray, camera: StereoCamera | None, m
     valid = np.isfinite(d)
     if invalid is not None:
         valid &= ~invalid
-    image = d + np.float32(doffs) if doffs else d.copy()
     min_disparity = 0.0 + doffs
-    image[~valid] = np.float32(min_disparity - 1.0)
+    image = np.where(valid, d + np.float32(doffs) if doffs else d, np.float32(min_disparity - 1.0))
     rows = np.flatnonzero(valid.any(axis=1))
     cols = np.flatnonzero(valid.any(axis=0))
     if rows.size:

@@ -91,13 +91,13 @@ def test_cloud_layout_and_packed_colour_in_a_real_pointcloud2():
     assert not msg.is_dense and len(msg.data) == 3 * 4 * 16
     raw = np.frombuffer(bytes(msg.data), np.float32).reshape(3, 4, 4)
     assert raw[0, 1, 2] == 2.0 and raw[0, 1, 0] == pytest.approx((1 - 1.5) * 2 / F)
-    assert raw[0, 1, 3:].view(np.uint32)[0] == 0x123456
+    assert raw[0, 1, 3:].view(np.uint32)[0] & 0xFFFFFF == 0x123456
     assert np.isnan(raw[0, 2, :3]).all()
 
 
 def test_pack_rgb_bits():
     packed = pack_rgb(np.array([[[255, 0, 1]]], np.uint8))
-    assert packed.dtype == np.float32 and packed.view(np.uint32)[0, 0] == 0xFF0001
+    assert packed.dtype == np.float32 and packed.view(np.uint32)[0, 0] == 0xFFFF0001
 
 
 def test_disparity_image_fields_and_message():

@@ -1,0 +1,160 @@
+"""Per-frame overhead of stereo_depth_node excluding inference, stage by stage, with real rclpy message classes.
+
+Runs what the node does for one pair around the estimator: synchronise the four inputs, convert both images to
+RGB, read the camera geometry, then build the DisparityImage, depth, confidence and PointCloud2 messages from a
+fixed disparity map (standing in for the network's output). Publishing itself (DDS) is left out; the
+`serialize` row shows what rclpy's CDR serialisation of the four outputs costs, as an indication of the copy a
+publish makes. Prints a table of medians in milliseconds per resolution.
+
+    .venv/bin/python bench/node.py [--frames 50] [--sizes 640x480 1280x720] [--encoding bgr8]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections import defaultdict
+
+import cv2
+import numpy as np
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from stereo_msgs.msg import DisparityImage
+
+from stereo_depth_ros.camera_geometry import (
+    StereoCamera, cloud_array, disparity_image_fields, disparity_to_depth, fill_disparity_image, fill_pointcloud2)
+from stereo_depth_ros.image_conversion import array_to_image, image_to_rgb
+from stereo_depth_ros.sync import StereoSynchronizer
+
+STAGES = ("sync", "convert", "geometry", "disparity_msg", "depth_msg", "confidence_msg", "points_msg")
+
+
+def camera_infos(width: int, height: int) -> tuple[CameraInfo, CameraInfo]:
+    f, baseline = 0.8 * width, 0.12
+    infos = []
+    for tx in (0.0, -f * baseline):
+        info = CameraInfo()
+        info.width, info.height = width, height
+        info.k = [f, 0.0, width / 2, 0.0, f, height / 2, 0.0, 0.0, 1.0]
+        info.p = [f, 0.0, width / 2, tx, 0.0, f, height / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+        infos.append(info)
+    return infos[0], infos[1]
+
+
+def stamped(msg, k: int):
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + k // 30, (k % 30) * 33_000_000
+    msg.header.frame_id = "left_camera_optical_frame"
+    return msg
+
+
+def camera_image(width: int, height: int, encoding: str, seed: int) -> Image:
+    rng = np.random.default_rng(seed)
+    channels = {"mono8": 1, "rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4}[encoding]
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    return array_to_image(rng.integers(0, 256, shape, dtype=np.uint8), encoding, Image())
+
+
+def network_like_output(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disparity (about 10 % NaN) and confidence maps with the spatial structure of real ones: invalid and
+    unconfident pixels come in blobs (occlusions, textureless areas), not as independent random pixels."""
+    rng = np.random.default_rng(0)
+
+    def smooth(cells: int) -> np.ndarray:
+        coarse = rng.random((max(height // cells, 1), max(width // cells, 1))).astype(np.float32)
+        return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
+
+    disparity = (1.0 + 120.0 * smooth(32)).astype(np.float32)
+    disparity[smooth(16) < 0.25] = np.nan
+    confidence = np.clip(smooth(8) * 1.2, 0, 1).astype(np.float32)
+    return disparity, confidence
+
+
+def run(width: int, height: int, frames: int, encoding: str, sync_impl: str) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = defaultdict(list)
+    left_template, right_template = camera_image(width, height, encoding, 1), camera_image(width, height, encoding, 2)
+    left_info, right_info = camera_infos(width, height)
+    disparity, confidence = network_like_output(width, height)
+    got = []
+    sync = StereoSynchronizer(got.append, implementation=sync_impl)
+    camera_cache: tuple | None = None
+    for k in range(frames + 5):  # the first 5 warm caches and allocators
+        # Fresh messages per frame, as subscriptions deliver them (not timed: rclpy builds them in C).
+        msgs = []
+        for template, info in ((left_template, left_info), (right_template, right_info)):
+            image = Image()
+            image.height, image.width, image.encoding, image.step = (
+                template.height, template.width, template.encoding, template.step)
+            image.data = template.data
+            msgs += [stamped(image, k), stamped(info, k)]
+        t0 = time.perf_counter()
+        sync.add_left_info(msgs[1])
+        sync.add_right_info(msgs[3])
+        sync.add_left_image(msgs[0])
+        sync.add_right_image(msgs[2])
+        frame = got.pop()
+        t1 = time.perf_counter()
+        left, right = image_to_rgb(frame.left_image), image_to_rgb(frame.right_image)
+        t2 = time.perf_counter()
+        # The node re-reads geometry only when the camera_info content changes.
+        key = (tuple(frame.left_info.p), tuple(frame.right_info.p))
+        if camera_cache is None or camera_cache[0] != key:
+            camera_cache = (key, StereoCamera.from_camera_info(frame.left_info, frame.right_info))
+        camera = camera_cache[1]
+        t3 = time.perf_counter()
+        header = frame.left_image.header
+        fields = disparity_image_fields(disparity, camera, 192, invalid=confidence < 0.1)
+        disp_msg = DisparityImage()
+        disp_msg.header = header
+        disp_msg.image.header = header
+        fill_disparity_image(disp_msg, fields)
+        t4 = time.perf_counter()
+        depth = disparity_to_depth(disparity, camera, confidence, 0.1)
+        depth_msg = array_to_image(depth, "32FC1", Image())
+        depth_msg.header = header
+        t5 = time.perf_counter()
+        conf_msg = array_to_image(confidence, "32FC1", Image())
+        conf_msg.header = header
+        t6 = time.perf_counter()
+        cloud = fill_pointcloud2(PointCloud2(), cloud_array(depth, camera, left), PointField)
+        cloud.header = header
+        t7 = time.perf_counter()
+        for msg in (disp_msg, depth_msg, conf_msg, cloud):
+            serialize_message(msg)
+        t8 = time.perf_counter()
+        assert right.shape == left.shape
+        if k >= 5:
+            for name, (a, b) in zip(STAGES + ("serialize",),
+                                    zip((t0, t1, t2, t3, t4, t5, t6, t7), (t1, t2, t3, t4, t5, t6, t7, t8))):
+                times[name].append((b - a) * 1e3)
+            times["total"].append((t7 - t0) * 1e3)
+            times["total_without_points"].append((t6 - t0) * 1e3)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=50)
+    parser.add_argument("--sizes", nargs="+", default=["640x480", "1280x720"])
+    parser.add_argument("--encoding", default="bgr8", choices=["mono8", "rgb8", "bgr8", "rgba8", "bgra8"])
+    parser.add_argument("--sync", default="auto", choices=["auto", "builtin", "message_filters"])
+    args = parser.parse_args()
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
+    results = {size: run(*size, args.frames, args.encoding, args.sync) for size in sizes}
+    impl = StereoSynchronizer(print, implementation=args.sync).implementation
+    print(f"stereo_depth_node per-frame overhead excluding inference: median ms over {args.frames} frames, "
+          f"{args.encoding} input, sync={impl}, {platform.processor() or platform.machine()}, "
+          f"numpy {np.__version__}")
+    header = f"{'stage':<22}" + "".join(f"{f'{w}x{h}':>12}" for w, h in sizes)
+    print(header)
+    print("-" * len(header))
+    rows = STAGES + ("total", "total_without_points", "serialize")
+    for name in rows:
+        label = {"total": "TOTAL (all outputs)", "total_without_points": "total without points",
+                 "serialize": "(serialize, not in total)"}.get(name, name)
+        print(f"{label:<22}" + "".join(f"{statistics.median(results[s][name]):>12.2f}" for s in sizes))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
