@@ -166,20 +166,20 @@ def disparity_to_depth(
 
 
 class _Grid:
-    """Cached pixel-coordinate rays (u - cx) / fx and (v - cy) / fy for one camera and size."""
+    """Cached pixel rays (u - cx) / fx and (v - cy) / fy for the last camera and size (swapped atomically)."""
 
     def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.rays_x: np.ndarray | None = None
-        self.rays_y: np.ndarray | None = None
+        self._entry: tuple | None = None
 
     def get(self, camera: StereoCamera, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         key = (camera.fx, camera.fy, camera.cx, camera.cy, height, width)
-        if key != self.key:
-            self.rays_x = ((np.arange(width, dtype=np.float32) - np.float32(camera.cx)) / np.float32(camera.fx))[None, :]
-            self.rays_y = ((np.arange(height, dtype=np.float32) - np.float32(camera.cy)) / np.float32(camera.fy))[:, None]
-            self.key = key
-        return self.rays_x, self.rays_y
+        entry = self._entry
+        if entry is None or entry[0] != key:
+            rays_x = (np.arange(width, dtype=np.float32) - np.float32(camera.cx)) / np.float32(camera.fx)
+            rays_y = (np.arange(height, dtype=np.float32) - np.float32(camera.cy)) / np.float32(camera.fy)
+            entry = (key, rays_x[None, :], rays_y[:, None])
+            self._entry = entry
+        return entry[1], entry[2]
 
 
 _GRID = _Grid()

@@ -95,7 +95,7 @@ def image_to_array(msg: Any) -> np.ndarray:
 
 
 def image_to_rgb(msg: Any) -> np.ndarray:
-    """uint8 [H, W, 3] contiguous RGB for the estimators.
+    """uint8 [H, W, 3] contiguous RGB for the estimators (for unpadded rgb8, a read-only view of msg.data).
 
     mono is replicated into three channels; 16-bit mono keeps its 8 most significant bits (a fixed scale, so that
     left and right, and successive frames, stay photometrically consistent). Raises ImageConversionError as
@@ -109,11 +109,8 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     if array.dtype != np.uint8:
         array = (array >> 8).astype(np.uint8)
     if layout.to_rgb is None:
-        return np.ascontiguousarray(array)
-    if not array.flags.c_contiguous and array.ndim == 3:
-        # OpenCV accepts padded rows but not a view whose pixels are not packed; a packed copy is cheap.
-        array = np.ascontiguousarray(array)
-    return cv2.cvtColor(array, layout.to_rgb)
+        return np.ascontiguousarray(array)  # zero-copy when the rows are not padded
+    return cv2.cvtColor(array, layout.to_rgb)  # OpenCV reads padded rows in place
 
 
 def array_to_image(array: np.ndarray, encoding: str, msg: Any = None) -> Any:

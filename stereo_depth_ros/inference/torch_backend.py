@@ -53,6 +53,8 @@ class TorchEstimator(StereoEstimator):
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
+        if not image.flags.writeable:  # e.g. a view of an incoming message; torch.from_numpy wants writable
+            image = image.copy()
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
         if self.device.type == "cuda":
             tensor = tensor.pin_memory().to(self.device, non_blocking=True)
