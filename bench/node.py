@@ -7,6 +7,10 @@ fixed disparity map (standing in for the network's output). Publishing itself (D
 publish makes. Prints a table of medians in milliseconds per resolution.
 
     .venv/bin/python bench/node.py [--frames 50] [--sizes 640x480 1280x720] [--encoding bgr8]
+    .venv/bin/python bench/node.py --inference opencv_sgbm torch [--model-path weights/rt_igev.pth]
+
+With --inference, also times the estimators themselves on the same sizes (torch without --model-path runs the
+seeded random init: the speed is the same as with trained weights).
 """
 from __future__ import annotations
 
@@ -138,6 +142,11 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="+", default=["640x480", "1280x720"])
     parser.add_argument("--encoding", default="bgr8", choices=["mono8", "rgb8", "bgr8", "rgba8", "bgra8"])
     parser.add_argument("--sync", default="auto", choices=["auto", "builtin", "message_filters"])
+    parser.add_argument("--inference", nargs="*", default=[], choices=["opencv_sgbm", "torch", "onnxruntime"],
+                        help="also time these backends' estimate() per frame")
+    parser.add_argument("--inference-frames", type=int, default=3)
+    parser.add_argument("--model-path", default=None, help="checkpoint (torch) or .onnx (onnxruntime)")
+    parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
     results = {size: run(*size, args.frames, args.encoding, args.sync) for size in sizes}
@@ -153,7 +162,31 @@ def main() -> int:
         label = {"total": "TOTAL (all outputs)", "total_without_points": "total without points",
                  "serialize": "(serialize, not in total)"}.get(name, name)
         print(f"{label:<22}" + "".join(f"{statistics.median(results[s][name]):>12.2f}" for s in sizes))
+    for backend in args.inference:
+        row = [time_inference(backend, w, h, args) for w, h in sizes]
+        print(f"{'inference ' + backend:<22}" + "".join(f"{v:>12.1f}" for v in row))
     return 0
+
+
+def time_inference(backend: str, width: int, height: int, args: argparse.Namespace) -> float:
+    """Median ms of estimate() on a real-looking pair (skimage's Motorcycle resized) after one warm-up."""
+    from skimage.data import stereo_motorcycle
+
+    from stereo_depth_ros.inference import create_estimator
+
+    options = {"opencv_sgbm": {"max_disparity": 192},
+               "torch": {"model_path": args.model_path, "device": args.device},
+               "onnxruntime": {"model_path": args.model_path}}[backend]
+    estimator = create_estimator(backend, **options)
+    left, right, _ = stereo_motorcycle()
+    left, right = (cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA) for im in (left, right))
+    estimator.estimate(left, right)
+    times = []
+    for _ in range(args.inference_frames):
+        start = time.perf_counter()
+        estimator.estimate(left, right)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":
