@@ -9,7 +9,9 @@ The demo, the end-to-end bench and the tests all need the same three things, so 
 """
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -110,14 +112,18 @@ class NodeProcess:
 
     def wait_for_log(self, text: str, timeout: float = 30.0) -> bool:
         """Wait until `text` appears in the output (True) or the process exits or time runs out (False)."""
+        return self.wait_for_log_regex(re.escape(text), timeout)
+
+    def wait_for_log_regex(self, pattern: str, timeout: float = 30.0) -> bool:
+        """Like wait_for_log, for a regular expression."""
+        regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
+        while True:
+            if regex.search(self.log()):
                 return True
-            if self.proc.poll() is not None:
-                return text in self.log()
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                return bool(regex.search(self.log()))
             time.sleep(0.1)
-        return False
 
     def wait(self, timeout: float) -> int:
         try:
@@ -165,7 +171,9 @@ class StereoClient:
     to this process before the participant is created. Topic names are relative to `namespace`.
     """
 
-    def __init__(self, env: Mapping[str, str], namespace: str = "", name: str = "stereo_client",
+    _instances = itertools.count()
+
+    def __init__(self, env: Mapping[str, str], namespace: str = "", name: str | None = None,
                  inputs: Mapping[str, str] | None = None, outputs: Sequence[str] = OUTPUT_TOPICS,
                  diagnostics: bool = True, reliable_inputs: bool = True):
         import rclpy
@@ -184,6 +192,8 @@ class StereoClient:
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=int(env["ROS_DOMAIN_ID"]),
                    signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+        # A unique name: several clients may live in one process (rosout keys its publishers by node name).
+        name = name or f"stereo_client_{os.getpid()}_{next(self._instances)}"
         self.node = rclpy.create_node(name, namespace=namespace, context=self.context)
         topics = {"left_image": "left/image_rect", "right_image": "right/image_rect",
                   "left_info": "left/camera_info", "right_info": "right/camera_info"}
