@@ -1,0 +1,97 @@
+"""Launch stereo_depth_node: learned stereo disparity, metric depth and a coloured point cloud.
+
+    ros2 launch stereo_depth_ros stereo.launch.py namespace:=front \
+        left_image:=/cam/left/image_rect right_image:=/cam/right/image_rect \
+        left_camera_info:=/cam/left/camera_info right_camera_info:=/cam/right/camera_info \
+        backend:=onnxruntime model_path:=/path/to/student.onnx rviz:=true
+
+Parameters come from config/stereo.yaml (or `params_file:=`); `backend` and `model_path`, when given, override
+the file. By default the Fast DDS profile config/fastdds_shm.xml is put in the environment of the launched
+processes: its large shared-memory segment keeps megabyte images fast between processes on one host
+(`use_fastdds_profile:=false` turns it off, e.g. when your own profile is already set).
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = "stereo_depth_ros"
+NODE_NAME = "stereo_depth_node"
+
+
+def _node(context, *args, **kwargs):
+    # Resolved here rather than with substitutions because an empty `backend`/`model_path` must mean
+    # "keep the params file's value", which a plain parameter substitution cannot express.
+    value = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
+    overrides = {name: value(name) for name in ("backend", "model_path") if value(name) != ""}
+    remappings = [
+        ("left/image_rect", value("left_image")),
+        ("right/image_rect", value("right_image")),
+        ("left/camera_info", value("left_camera_info")),
+        ("right/camera_info", value("right_camera_info")),
+    ]
+    return [
+        Node(
+            package=PACKAGE,
+            executable=NODE_NAME,
+            name=NODE_NAME,
+            namespace=value("namespace"),
+            parameters=[value("params_file"), overrides] if overrides else [value("params_file")],
+            remappings=remappings,
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
+
+
+def _profile_variable() -> str:
+    # Fast DDS 3 (Jazzy and later) reads FASTDDS_DEFAULT_PROFILES_FILE and warns that the old FASTRTPS_ name is
+    # deprecated; Humble's Fast DDS 2.6 only knows the old name.
+    old_distros = ("foxy", "galactic", "humble")
+    return "FASTRTPS_DEFAULT_PROFILES_FILE" if os.environ.get("ROS_DISTRO") in old_distros else "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
+def generate_launch_description():
+    share = get_package_share_directory(PACKAGE)
+    profile = os.path.join(share, "config", "fastdds_shm.xml")
+    use_profile = IfCondition(LaunchConfiguration("use_fastdds_profile"))
+    arguments = [
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "stereo.yaml"),
+                              description="ROS 2 params file (stereo_depth_node: ros__parameters: ...)"),
+        DeclareLaunchArgument("backend", default_value="",
+                              description="torch | onnxruntime | opencv_sgbm; empty keeps the params file's"),
+        DeclareLaunchArgument("model_path", default_value="",
+                              description="checkpoint (.pth) or ONNX file; empty keeps the params file's"),
+        DeclareLaunchArgument("left_image", default_value="left/image_rect", description="rectified left image"),
+        DeclareLaunchArgument("right_image", default_value="right/image_rect", description="rectified right image"),
+        DeclareLaunchArgument("left_camera_info", default_value="left/camera_info", description="left camera_info"),
+        DeclareLaunchArgument("right_camera_info", default_value="right/camera_info",
+                              description="right camera_info (its projection gives focal length and baseline)"),
+        DeclareLaunchArgument("use_fastdds_profile", default_value="true",
+                              description="use config/fastdds_shm.xml (32 MiB shared-memory segment)"),
+        DeclareLaunchArgument("fastdds_profile", default_value=profile, description="Fast DDS XML profile to use"),
+        DeclareLaunchArgument("rviz", default_value="false", description="also start RViz with rviz/stereo.rviz"),
+        DeclareLaunchArgument("fixed_frame", default_value="left_camera_optical_frame",
+                              description="RViz fixed frame: the left camera's frame_id unless TF connects them"),
+    ]
+    return LaunchDescription(
+        arguments
+        + [
+            SetEnvironmentVariable(_profile_variable(), LaunchConfiguration("fastdds_profile"), condition=use_profile),
+            OpaqueFunction(function=_node),
+            Node(
+                package="rviz2",
+                executable="rviz2",
+                name="stereo_rviz",
+                namespace=LaunchConfiguration("namespace"),
+                arguments=["-d", os.path.join(share, "rviz", "stereo.rviz"), "-f", LaunchConfiguration("fixed_frame")],
+                condition=IfCondition(LaunchConfiguration("rviz")),
+                output="screen",
+            ),
+        ]
+    )
