@@ -6,7 +6,7 @@
 
 Prints a markdown table. Latency: median of --repeats timed `predict` calls after --warmup untimed ones
 (CUDA synchronised). Peak memory: torch.cuda.max_memory_allocated on CUDA; on the CPU the growth of the
-process's resident set over its level before the call, sampled every 2 ms from /proc (an estimate:
+process's resident set over its level before the first (warm-up) call, sampled every 2 ms from /proc (an estimate:
 the allocator may reuse pages already resident). Seeded random weights: speed does not depend on them.
 Iterations: the model's config `valid_iters` (upstream's evaluation setting) unless --iters is given.
 """
@@ -120,16 +120,17 @@ def bench_one(name, height, width, precision, device, args, compile_, channels_l
         if cuda:
             torch.cuda.synchronize(device)
 
-    for _ in range(args.warmup):
-        call()
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         meter = contextlib.nullcontext()
     else:
+        # started before the warm-up: the first call grows the heap, later calls reuse it
         meter = RssSampler()
     times = []
     with meter:
+        for _ in range(args.warmup):
+            call()
         for _ in range(args.repeats):
             start = time.perf_counter()
             call()

@@ -16,7 +16,8 @@ C = TypeVar("C", bound="IGEVConfig")
 class IGEVConfig:
     """Fields every IGEV-family network reads.
 
-    max_disp: disparity range in full-res pixels; the cost volume has max_disp // 4 planes (no weight depends on it).
+    max_disp: disparity range in full-res pixels, a multiple of 32; the cost volume has max_disp // 4 planes
+        (no weight depends on it).
     valid_iters: GRU iterations when `predict`/`forward` get iters=None.
     corr_levels, corr_radius: geometry lookup pyramid depth and half-width (in 1/4-res pixels).
     precision: autocast dtype on CUDA ("fp32" | "fp16" | "bf16"); other devices always run in the weights' dtype.
@@ -35,8 +36,9 @@ class IGEVConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_disp % 4 or self.max_disp < 16:
-            raise ValueError(f"max_disp must be a multiple of 4 and at least 16, got {self.max_disp}")
+        if self.max_disp % 32:
+            # the hourglass halves the max_disp/4 planes three times and concatenates on the way back up
+            raise ValueError(f"max_disp must be a multiple of 32, got {self.max_disp}")
 
     @classmethod
     def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
