@@ -99,8 +99,8 @@ def rescale(sample: dict[str, np.ndarray], rng: np.random.Generator, cfg: Augmen
     """Random isotropic rescale, never below the size the crop needs; disparities scale with the width."""
     h, w = sample["left"].shape[:2]
     ch, cw = cfg.crop
-    # +1 px margin so the crop always has room after rounding.
-    min_factor = max((ch + 1) / h, (cw + 1) / w)
+    # round(h * factor) >= ch whenever h * factor >= ch, so this floor always leaves room for the crop.
+    min_factor = max(ch / h, cw / w)
     factor = 1.0
     if rng.random() < cfg.scale_prob:
         factor = float(2.0 ** rng.uniform(cfg.min_scale, cfg.max_scale))

@@ -1,0 +1,224 @@
+"""`stereo-distill train` on real pairs (Motorcycle crops, labels from its ground truth) with the real student.
+
+Small on purpose (64x128 crops, 2 GRU iterations, batch 1, one thread per process): the machine is shared.
+The student starts from the RT-IGEV parity fixture (official checkpoint format, seeded weights) when
+../shared/parity is present, else from the seeded random init (`--student none`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training.augment import AugmentConfig, augment  # noqa: E402
+from training.toy import motorcycle_crops, write_data, write_label  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "parity" / "rt_igev" / "weights.pth"
+# training.cli through its console-script entry point (`python -m training.cli` would load the module twice,
+# as __main__ and as training.cli, and its CliError handler would not recognise the subcommands' CliError).
+CLI = [sys.executable, "-c", "import sys; from training.cli import main; sys.exit(main())"]
+COMMON = ["--batch-size", "1", "--crop", "64", "128", "--train-iters", "2", "--valid-iters", "2", "--workers", "0",
+          "--val-every", "0", "--val-fraction", "0.2", "--seed", "3", "--log-every", "1"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # One thread per process: identical arithmetic across runs (resume equality) and light on a shared CPU.
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return env
+
+
+def _student() -> str:
+    return str(FIXTURE) if FIXTURE.is_file() else "none"
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    pairs = motorcycle_crops((96, 160), scales=(0.25, 0.35), crops_per_scale=3, seed=0)
+    write_data(root / "data", pairs)
+    for pair in pairs:
+        write_label(root / "labels", pair.name, pair.disp, np.isfinite(pair.disp))
+    return root
+
+
+def _train_cmd(toy: Path, out: Path, *extra: str) -> list[str]:
+    return [*CLI, "train", "--data", str(toy / "data"), "--labels",
+            str(toy / "labels"), "--student", _student(), "--out", str(out), *COMMON, *extra]
+
+
+def _run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _fixed_batch_loss(checkpoint: str | None, toy: Path) -> float:
+    """Distillation loss of a checkpoint on the centre 64x128 crops of every pair (training-mode forward)."""
+    from stereo_depth_ros.models import load_model
+    from training.augment import center_crop
+    from training.datasets import open_dataset
+    from training.losses import distillation_loss
+    from training.train import TrainItem, collate, load_item
+
+    model = load_model("rt_igev", checkpoint=checkpoint)
+    model.train()
+    items = [TrainItem(s, toy / "labels" / s.name) for s in open_dataset(toy / "data")]
+    batch = collate([center_crop(load_item(i), (64, 128)) for i in items])
+    with torch.no_grad():
+        init, preds = model(batch["left"], batch["right"], iters=2, test_mode=False)
+        loss, _ = distillation_loss(init, preds, batch["disp"], batch["valid"])
+    return float(loss)
+
+
+def test_few_steps_decrease_the_loss_and_checkpoint_loads(toy, tmp_path):
+    out = tmp_path / "run"
+    proc = _run(_train_cmd(toy, out, "--steps", "3", "--save-every", "3", "--lr", "5e-4"))
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["steps"] == 3
+    last = out / "checkpoints" / "last.pth"
+    ckpt = _load(last)
+    assert {"model", "config", "step", "optimizer", "scheduler", "rng", "data_position"} <= set(ckpt)
+    assert ckpt["step"] == 3 and (out / "checkpoints" / "step_00000003.pth").is_file()
+    assert any((out / "tb").iterdir())
+    before = _fixed_batch_loss(None if _student() == "none" else _student(), toy)
+    after = _fixed_batch_loss(str(last), toy)
+    assert after < before, (before, after)
+    # Re-running the finished command resumes at the end and does nothing.
+    again = _run(_train_cmd(toy, out, "--steps", "3", "--save-every", "3", "--lr", "5e-4"))
+    assert "complete" in again.stderr
+
+
+def test_kill_then_resume_equals_uninterrupted(toy, tmp_path):
+    args = ("--steps", "5", "--save-every", "1")
+    _run(_train_cmd(toy, tmp_path / "straight", *args))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(toy, killed, *args), cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = killed / "checkpoints" / "step_00000002.pth"
+    deadline = time.monotonic() + 600
+    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    saved = [int(p.stem.split("_")[1]) for p in (killed / "checkpoints").glob("step_*.pth")]
+    assert 2 <= max(saved) < 5, "the run finished before it could be interrupted"
+
+    resumed = _run(_train_cmd(toy, killed, *args))
+    assert f"resuming {killed} at step {max(saved)} " in resumed.stderr
+
+    a, b = _load(tmp_path / "straight" / "checkpoints" / "last.pth"), _load(killed / "checkpoints" / "last.pth")
+    assert a["step"] == b["step"] == 5
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key  # parameters and BatchNorm statistics, bit for bit
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+    assert a["data_position"] == b["data_position"]
+
+
+def test_changed_settings_refuse_to_resume(toy, tmp_path):
+    out = tmp_path / "run"
+    _run(_train_cmd(toy, out, "--steps", "1", "--save-every", "1"))
+    proc = subprocess.run(_train_cmd(toy, out, "--steps", "1", "--save-every", "1", "--lr", "1e-3"), cwd=REPO,
+                          env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and "lr" in proc.stderr and "new --out" in proc.stderr
+
+
+def test_two_process_torchrun_matches_single_process_accumulation(toy, tmp_path):
+    """2 ranks x batch 1 (gloo) == 1 process accumulating 2 micro-batches of 1: same pairs, same update.
+
+    Parameters agree to float32 rounding (all-reduce vs accumulation order). The BatchNorm3d running statistics
+    do not (DDP keeps rank 0's, accumulation updates them twice per step), and they are not compared.
+    """
+    args = ("--steps", "2", "--save-every", "2")
+    _run(_train_cmd(toy, tmp_path / "single", *args, "--accumulate", "2"))
+    cmd = _train_cmd(toy, tmp_path / "ddp", *args)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "training.cli", *cmd[len(CLI):]]
+    _run(torchrun)
+    run_json = json.loads((tmp_path / "ddp" / "run.json").read_text())
+    assert run_json["world_size"] == 2
+    single = _load(tmp_path / "single" / "checkpoints" / "last.pth")
+    ddp = _load(tmp_path / "ddp" / "checkpoints" / "last.pth")
+    assert single["data_position"] == ddp["data_position"]
+    from stereo_depth_ros.models import load_model
+
+    names = {n for n, _ in load_model("rt_igev").named_parameters()}
+    worst = max(float((single["model"][n] - ddp["model"][n]).abs().max()) for n in names)
+    moved = max(float((single["model"][n] - _load(FIXTURE)["module." + n]).abs().max()) for n in names) \
+        if FIXTURE.is_file() else 1.0
+    assert worst < 1e-5 < moved, (worst, moved)
+
+
+# --------------------------------------------------------------------------------------------- augmentation
+def _shifted_pair(d: int = 6, h: int = 80, w: int = 140):
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0, 255, (h // 8, (w + d) // 8 + 1, 3)).astype(np.float32)
+    import cv2
+
+    wide = np.clip(cv2.resize(base, (w + d, h), interpolation=cv2.INTER_CUBIC), 0, 255)
+    left = wide[:, 0:w]
+    right = wide[:, d:d + w]  # right[x - d] == left[x]: every left pixel has disparity d
+    return {"left": left, "right": right, "disp": np.full((h, w), float(d), np.float32),
+            "valid": np.ones((h, w), bool)}
+
+
+NO_COLOUR = dict(brightness=0.0, contrast=0.0, saturation=(1.0, 1.0), hue=0.0, eraser_prob=0.0)
+
+
+def test_augmentation_scales_disparity_and_keeps_the_pair_rectified():
+    sample = _shifted_pair()
+    for seed in range(4):
+        out = augment(sample, np.random.default_rng(seed),
+                      AugmentConfig(crop=(64, 96), min_scale=0.3, max_scale=0.6, scale_prob=1.0, **NO_COLOUR))
+        d = float(np.median(out["disp"]))
+        assert d > 6 * 2**0.3 - 0.1
+        # Warping the right view by the label reproduces the left view, better than any other disparity:
+        # nothing was flipped or shifted in one view alone, and the disparity scaled with the image.
+        import cv2
+
+        h, w = out["disp"].shape
+        xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+
+        def warp_error(disp: float) -> float:
+            warped = cv2.remap(out["right"], xs - disp, ys, cv2.INTER_LINEAR)
+            return float(np.abs(warped - out["left"])[:, 24:].mean())
+
+        errors = {delta: warp_error(d + delta) for delta in (-1.5, -0.75, 0.0, 0.75, 1.5)}
+        assert min(errors, key=errors.get) == 0.0, (d, errors)
+
+
+def test_augmentation_is_a_function_of_the_generator():
+    sample = _shifted_pair()
+    cfg = AugmentConfig(crop=(64, 96))
+    a = augment(sample, np.random.default_rng(5), cfg)
+    b = augment(sample, np.random.default_rng(5), cfg)
+    c = augment(sample, np.random.default_rng(6), cfg)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["left"], c["left"])
+
+
+def test_occlusions_touch_only_the_right_view():
+    sample = _shifted_pair()
+    cfg = AugmentConfig(crop=(80, 140), scale_prob=0.0, **{**NO_COLOUR, "eraser_prob": 1.0},
+                        patch_size=(20, 30))
+    out = augment(sample, np.random.default_rng(0), cfg)
+    assert np.allclose(out["left"], sample["left"], atol=1e-3)
+    changed = np.abs(out["right"] - sample["right"]).max(axis=2) > 1e-3
+    assert 20 * 20 <= changed.sum() <= 2 * 30 * 30

@@ -1,0 +1,309 @@
+"""Export the RT-IGEV student to ONNX (iterations fixed) and verify it against PyTorch.
+
+The graph takes "left" and "right" float32 [1,3,H,W] RGB 0..255 and returns "disparity" float32 [1,1,H,W]
+(and "confidence" [1,1,H,W] in 0..1 unless --no-confidence);
+padding to a multiple of 32 (edge replication, as the PyTorch model's `predict`) happens inside the graph.
+Input size: fixed at export (--height/--width, default 480x640) or dynamic (--dynamic).
+Precision fp16 stores weights and runs the network in float16 behind float32 inputs/outputs.
+The file is written only after onnxruntime has run it and matched PyTorch within --tolerance.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from training.cli import CliError
+
+OPSET = 17
+META_PREFIX = "stereo_depth_ros."
+DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 0.5}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="RT-IGEV checkpoint (official or ours)")
+    parser.add_argument("--out", required=True, help="ONNX file to write (atomically, after verification)")
+    parser.add_argument("--iters", type=int, default=None, help="GRU iterations baked in (default: valid_iters)")
+    parser.add_argument("--height", type=int, default=None,
+                        help="input height (default 480); with --dynamic only the tracing/verification size")
+    parser.add_argument("--width", type=int, default=None, help="input width (default 640), see --height")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic height and width instead of a fixed size")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="weights/compute dtype")
+    parser.add_argument("--max-disp", type=int, default=None, help="override the model's max_disp")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (>= 17, default {OPSET})")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="max abs difference (px) to PyTorch float32 that verification accepts "
+                             "(default 1e-3 for fp32, 0.5 for fp16)")
+    parser.add_argument("--confidence", action=argparse.BooleanOptionalAction, default=True,
+                        help="also output the model's confidence map (default on)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime verification (not advised)")
+
+
+# ---------------------------------------------------------------------------------------------------- graph
+def _export_module(model, iters: int, dtype, confidence: bool = False):
+    """nn.Module (left, right) -> disparity [, confidence], with the pad/unpad of `predict` written with
+    traceable shape math (so that a dynamic-size graph pads correctly at any size)."""
+    import torch
+    import torch.nn.functional as F
+
+    class StereoExport(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+            h, w = left.shape[-2], left.shape[-1]
+            # Same split as the model's InputPadder: the odd pixel goes right/bottom.
+            pad_h = (32 - h % 32) % 32
+            pad_w = (32 - w % 32) % 32
+            top, left_pad = pad_h // 2, pad_w // 2
+            pads = [left_pad, pad_w - left_pad, top, pad_h - top]
+            l_img = F.pad(left.to(dtype), pads, mode="replicate")
+            r_img = F.pad(right.to(dtype), pads, mode="replicate")
+            result = self.net.run(l_img, r_img, iters=iters, test_mode=True, with_confidence=confidence)
+            disp = result.predictions[-1][:, :, top:top + h, left_pad:left_pad + w].float()
+            if not confidence:
+                return disp
+            return disp, result.confidence[:, :, top:top + h, left_pad:left_pad + w].float()
+
+    return StereoExport().eval()
+
+
+def export_onnx(model, path: Path, iters: int, height: int, width: int, dynamic: bool, half: bool,
+                opset: int, confidence: bool = True) -> str:
+    """Write the graph to `path` (not atomic: the caller verifies first). Returns the exporter used."""
+    import torch
+
+    dtype = torch.float16 if half else torch.float32
+    if half:
+        model = model.half()
+    module = _export_module(model, iters, dtype, confidence)
+    example = (torch.rand(1, 3, height, width) * 255, torch.rand(1, 3, height, width) * 255)
+    outputs = ["disparity", "confidence"] if confidence else ["disparity"]
+    dynamic_axes = {name: {2: "height", 3: "width"} for name in ["left", "right", *outputs]} if dynamic else None
+    # The TorchScript exporter handles this network (the fixture's upstream export used it); the dynamo
+    # exporter needs onnxscript and is tried only when the first one fails.
+    errors = []
+    for exporter in ("torchscript", "dynamo"):
+        try:
+            with torch.no_grad():
+                torch.onnx.export(
+                    module, example, str(path), input_names=["left", "right"], output_names=outputs,
+                    opset_version=opset, dynamic_axes=dynamic_axes, dynamo=exporter == "dynamo",
+                    do_constant_folding=True,
+                )
+            return exporter
+        except Exception as error:  # noqa: BLE001 -- reported together below
+            errors.append(f"{exporter}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    raise CliError("ONNX export failed: " + " | ".join(errors))
+
+
+def fix_float16_ranges(path: Path) -> int:
+    """ONNX Range has no float16 kernel type: run float16 Ranges in float32 between two Casts. Returns the count.
+
+    The network builds its plane/column/tap index vectors with arange in the compute dtype, which the exporter
+    writes as a float16 Range when the weights are float16.
+    """
+    import onnx
+    from onnx import TensorProto, helper, shape_inference
+
+    graph_model = onnx.load(str(path))
+    inferred = shape_inference.infer_shapes(graph_model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    for init in inferred.graph.initializer:
+        types[init.name] = init.data_type
+    for node in inferred.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    types[node.output[0]] = attr.t.data_type
+    nodes, fixed = [], 0
+    for node in graph_model.graph.node:
+        if node.op_type == "Range" and any(types.get(i) == TensorProto.FLOAT16 for i in node.input):
+            cast_inputs = []
+            for i, name in enumerate(node.input):
+                cast_name = f"{node.name}_in{i}_f32"
+                nodes.append(helper.make_node("Cast", [name], [cast_name], to=TensorProto.FLOAT,
+                                              name=f"{node.name}_cast_in{i}"))
+                cast_inputs.append(cast_name)
+            out32 = f"{node.output[0]}_f32"
+            nodes.append(helper.make_node("Range", cast_inputs, [out32], name=node.name))
+            nodes.append(helper.make_node("Cast", [out32], [node.output[0]], to=TensorProto.FLOAT16,
+                                          name=f"{node.name}_cast_out"))
+            fixed += 1
+        else:
+            nodes.append(node)
+    if fixed:
+        del graph_model.graph.node[:]
+        graph_model.graph.node.extend(nodes)
+        onnx.save(graph_model, str(path))
+    return fixed
+
+
+def add_metadata(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    graph = onnx.load(str(path))
+    existing = {p.key: p for p in graph.metadata_props}
+    for key, value in props.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
+
+
+# --------------------------------------------------------------------------------------------- verification
+def motorcycle_pair(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A real rectified pair of the requested size: a centred crop of skimage's Motorcycle, resized if larger."""
+    import cv2
+    from skimage import data
+
+    left, right, _ = data.stereo_motorcycle()
+    h, w = left.shape[:2]
+    scale = max(height / h, width / w, 0.5)
+    if scale != 1.0:
+        size = (max(int(round(w * scale)), width), max(int(round(h * scale)), height))
+        left = cv2.resize(left, size, interpolation=cv2.INTER_AREA)
+        right = cv2.resize(right, size, interpolation=cv2.INTER_AREA)
+    h, w = left.shape[:2]
+    y0, x0 = (h - height) // 2, (w - width) // 2
+    return left[y0:y0 + height, x0:x0 + width], right[y0:y0 + height, x0:x0 + width]
+
+
+def _chw(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image.astype(np.float32).transpose(2, 0, 1)[None])
+
+
+def ort_session(path: Path, providers: list[str] | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+def verify(path: Path, reference_model, iters: int, sizes: list[tuple[int, int]]) -> list[dict]:
+    """Run the file in onnxruntime (CPU) on a random and a real pair per size; compare to PyTorch float32."""
+    import torch
+
+    session = ort_session(path)
+    rng = np.random.default_rng(0)
+    module = _export_module(reference_model, iters, torch.float32, confidence=False)
+    results = []
+    for height, width in sizes:
+        real = motorcycle_pair(height, width)
+        random_pair = (rng.uniform(0, 255, (height, width, 3)), rng.uniform(0, 255, (height, width, 3)))
+        for kind, (left, right) in (("random", random_pair), ("motorcycle", real)):
+            l_in, r_in = _chw(left), _chw(right)
+            with torch.no_grad():
+                start = time.perf_counter()
+                expected = module(torch.from_numpy(l_in), torch.from_numpy(r_in)).numpy()
+                torch_s = time.perf_counter() - start
+            start = time.perf_counter()
+            got = session.run(["disparity"], {"left": l_in, "right": r_in})[0]
+            ort_s = time.perf_counter() - start
+            if got.shape != expected.shape:
+                raise CliError(f"onnxruntime returned {got.shape}, PyTorch {expected.shape}")
+            diff = np.abs(got.astype(np.float64) - expected)
+            results.append({"input": kind, "height": height, "width": width, "max_abs_px": float(diff.max()),
+                            "mean_abs_px": float(diff.mean()), "torch_s": torch_s, "ort_s": ort_s})
+    return results
+
+
+# ------------------------------------------------------------------------------------------------------ run
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run(args) -> int:
+    import torch
+
+    from stereo_depth_ros.atomic_io import atomic_path
+    from stereo_depth_ros.models import load_model
+
+    if args.opset < 17:
+        raise CliError(f"--opset must be >= 17 (GridSample), got {args.opset}")
+    if (args.height is None) != (args.width is None):
+        raise CliError("give both --height and --width (or neither: 480 x 640)")
+    height, width = (args.height, args.width) if args.height else (480, 640)
+    if height < 32 or width < 32:
+        raise CliError(f"input size {height}x{width} is too small (at least 32x32)")
+    if args.iters is not None and args.iters < 1:
+        raise CliError(f"--iters must be >= 1, got {args.iters}")
+    model_path = Path(args.model)
+    if not model_path.is_file():
+        raise CliError(f"checkpoint {model_path} does not exist")
+    out = Path(args.out)
+    if out.suffix.lower() != ".onnx":
+        raise CliError(f"--out {out} must end in .onnx")
+
+    overrides = {"max_disp": args.max_disp} if args.max_disp else {}
+    try:
+        model = load_model("rt_igev", checkpoint=str(model_path), device="cpu", **overrides)
+        reference = load_model("rt_igev", checkpoint=str(model_path), device="cpu", **overrides)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise CliError(f"cannot load {model_path}: {str(error).splitlines()[0]}") from None
+    model.eval()
+    reference.eval()
+    iters = args.iters or model.config.valid_iters
+    half = args.precision == "fp16"
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="export_") as tmp:
+        staging = Path(tmp) / out.name
+        exporter = export_onnx(model, staging, iters, height, width, args.dynamic, half, args.opset,
+                               args.confidence)
+        if half:
+            fix_float16_ranges(staging)
+        export_s = time.perf_counter() - start
+        import dataclasses
+
+        add_metadata(staging, {
+            META_PREFIX + "padded_inside": "1",
+            META_PREFIX + "iters": str(iters),
+            META_PREFIX + "model": "rt_igev",
+            META_PREFIX + "precision": args.precision,
+            META_PREFIX + "input_size": "dynamic" if args.dynamic else f"{height}x{width}",
+            META_PREFIX + "source_sha256": _sha256(model_path),
+            META_PREFIX + "config": json.dumps(dataclasses.asdict(model.config), sort_keys=True),
+            META_PREFIX + "exporter": exporter,
+        })
+        report = {"out": str(out), "exporter": exporter, "opset": args.opset, "iters": iters,
+                  "precision": args.precision, "dynamic": args.dynamic, "export_s": round(export_s, 2),
+                  "file_mb": round(staging.stat().st_size / 2**20, 2)}
+        if not args.no_verify:
+            # A dynamic graph is also checked at a size that is not a multiple of 32 (the in-graph padding path).
+            sizes = [(height, width)] if not args.dynamic else [(height, width), (height + 13, width + 19)]
+            try:
+                checks = verify(staging, reference, iters, sizes)
+            except CliError:
+                raise
+            except Exception as error:  # noqa: BLE001 -- onnxruntime refusing the graph is a verification failure
+                raise CliError(f"onnxruntime cannot run the export: {str(error).splitlines()[0]}") from None
+            tolerance = args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE[args.precision]
+            worst = max(c["max_abs_px"] for c in checks)
+            report.update(verification=checks, max_abs_px=worst, tolerance_px=tolerance)
+            for c in checks:
+                print(f"verify {c['input']:<10} {c['height']}x{c['width']}: max |onnx - torch| = "
+                      f"{c['max_abs_px']:.3g} px (mean {c['mean_abs_px']:.3g}); torch {c['torch_s']:.3f} s, "
+                      f"onnxruntime {c['ort_s']:.3f} s", file=sys.stderr)
+            if not worst <= tolerance:
+                print(json.dumps(report, indent=2))
+                raise CliError(f"verification failed: max abs difference {worst:.3g} px > tolerance {tolerance} px; "
+                               f"{out} not written")
+        with atomic_path(out) as final:
+            final.write_bytes(staging.read_bytes())
+    print(json.dumps(report, indent=2))
+    return 0
