@@ -1,0 +1,221 @@
+"""End-to-end figures through real DDS: transport latency with and without the Fast DDS profile, and the node's
+latency and sustained output rate with a given backend.
+
+    .venv/bin/python bench/node_e2e.py transport [--size 1280x720] [--frames 90] [--rate 30]
+    .venv/bin/python bench/node_e2e.py node [--backend torch] [--size 640x480] [--seconds 20] [--rate 10]
+
+transport: one process publishes rgb8 images (reliable QoS, stamped at publish time), another subscribes and
+records receipt time minus stamp; run once without a profile (Fast DDS defaults: a ~512 KiB shared-memory
+segment) and once with config/fastdds_shm.xml. Each run is a fresh pair of processes because Fast DDS reads its
+profile once per process.
+
+node: stereo_depth_node in its own process (with the Fast DDS profile, as the launch file does), fed the
+Motorcycle pair at --rate for --seconds; reports end-to-end latency (stamp -> disparity received by the client),
+the output rate the node sustains, and the node's own inference time and drop count from /diagnostics. The torch
+backend uses weights/sceneflow.pth when present, else the parity fixture's seeded weights (same architecture,
+same speed). Figures depend on the machine: print them with it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from stereo_depth_ros.client import (NodeProcess, StereoClient, diagnostic_values, image_message,  # noqa: E402
+                                     isolated_ros_env, node_command, stamp_from_seconds)
+
+PROFILE = REPO / "config" / "fastdds_shm.xml"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, height = (int(v) for v in text.lower().split("x"))
+    return width, height
+
+
+# -- transport --------------------------------------------------------------------------------------------------
+
+def _transport_role(role: str, width: int, height: int, frames: int, rate: float) -> None:
+    """Body of one transport process: 'pub' or 'sub' (prints a JSON line)."""
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    rclpy.init()
+    node = rclpy.create_node(f"bench_{role}")
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    if role == "pub":
+        publisher = node.create_publisher(Image, "bench_image", qos)
+        pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8)
+        deadline = time.monotonic() + 30
+        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        for _ in range(frames):
+            msg = image_message(pixels, "rgb8", stamp_from_seconds(time.time()), "bench")
+            msg.header.stamp = stamp_from_seconds(time.time())
+            publisher.publish(msg)
+            time.sleep(1.0 / rate)
+        time.sleep(1.0)
+    else:
+        latencies = []
+
+        def record(msg: Image) -> None:
+            latencies.append(time.time() - (msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9))
+
+        node.create_subscription(Image, "bench_image", record, qos)
+        deadline = time.monotonic() + 30 + frames / rate
+        while len(latencies) < frames and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.1)
+        lat = np.array(latencies) * 1e3
+        print(json.dumps({"received": len(latencies), "median_ms": float(np.median(lat)) if lat.size else None,
+                          "p90_ms": float(np.percentile(lat, 90)) if lat.size else None}))
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def bench_transport(args: argparse.Namespace) -> None:
+    width, height = parse_size(args.size)
+    print(f"transport: {width}x{height} rgb8 ({width * height * 3 / 2**20:.2f} MiB), {args.frames} frames at "
+          f"{args.rate} Hz, reliable QoS, two processes")
+    for label, profile in (("default Fast DDS", None), ("fastdds_shm.xml", PROFILE)):
+        with tempfile.TemporaryDirectory(prefix="bench_transport_") as tmp:
+            env = isolated_ros_env(tmp, fastdds_profile=profile)
+            role = [sys.executable, __file__, "_transport", "--size", args.size, "--frames", str(args.frames),
+                    "--rate", str(args.rate)]
+            sub = subprocess.Popen(role + ["--role", "sub"], env=env, stdout=subprocess.PIPE, text=True)
+            pub = subprocess.run(role + ["--role", "pub"], env=env, capture_output=True, text=True)
+            out, _ = sub.communicate(timeout=120)
+            line = [x for x in out.splitlines() if x.startswith("{")]
+            result = json.loads(line[-1]) if line else {"received": 0, "median_ms": None, "p90_ms": None}
+            if pub.returncode != 0:
+                result["publisher_error"] = pub.stderr[-300:]
+        print(f"  {label:18s} received {result['received']:3d}/{args.frames}  median {_ms(result['median_ms'])}  "
+              f"p90 {_ms(result['p90_ms'])}")
+
+
+def _ms(value) -> str:
+    return "   n/a  " if value is None else f"{value:7.1f} ms"
+
+
+# -- node -------------------------------------------------------------------------------------------------------
+
+def bench_node(args: argparse.Namespace) -> None:
+    from stereo_depth_ros.demo import motorcycle_rig, FRAME_ID
+
+    width, height = parse_size(args.size)
+    rig = motorcycle_rig(width)
+    if rig.height != height:  # keep the camera's aspect: crop or pad rows to the requested height
+        import cv2
+
+        rig.left = cv2.resize(rig.left, (width, height))
+        rig.right = cv2.resize(rig.right, (width, height))
+        rig.cy *= height / rig.gt_disparity.shape[0]
+    params: dict[str, object] = {"backend": args.backend, "max_disparity": args.max_disparity}
+    if args.backend == "torch":
+        weights = REPO / "weights" / "sceneflow.pth"
+        if not weights.is_file():
+            weights = REPO.parent / "shared" / "parity" / "rt_igev" / "weights.pth"
+        params.update({"model": "rt_igev", "model_path": str(weights), "device": args.device})
+        if args.iters:
+            params["iters"] = args.iters
+    elif args.backend == "onnxruntime":
+        params["model_path"] = args.model_path
+    with tempfile.TemporaryDirectory(prefix="bench_node_") as tmp:
+        env = isolated_ros_env(tmp, fastdds_profile=None if args.no_profile else PROFILE)
+        with NodeProcess(node_command(params), env, Path(tmp) / "node.log", cwd=REPO) as node, \
+                StereoClient(env, outputs=("disparity",)) as client:
+            if not client.wait_for_node(60.0):
+                raise SystemExit(f"node did not come up:\n{node.log()[-2000:]}")
+            sent: dict[tuple[int, int], float] = {}
+
+            def publish(info_lead: float = 0.0):
+                stamp = stamp_from_seconds(time.time())
+                left_info, right_info = rig.camera_infos(stamp)
+                left_info.height = right_info.height = height
+                client.publish(image_message(rig.left, "rgb8", stamp, FRAME_ID),
+                               image_message(rig.right, "rgb8", stamp, FRAME_ID), left_info, right_info,
+                               info_lead=info_lead)
+                sent[(stamp.sec, stamp.nanosec)] = time.time()
+                return stamp
+
+            # Warm-up: the first inference pays for lazy initialisation.
+            warm = publish(info_lead=0.3)
+            if client.wait_for_stamp("disparity", warm, timeout=300.0) is None:
+                raise SystemExit(f"no output during warm-up:\n{node.log()[-2000:]}")
+            first_index = client.count("disparity")
+            start = time.monotonic()
+            next_time = start
+            while time.monotonic() - start < args.seconds:
+                last = publish()
+                next_time += 1.0 / args.rate
+                time.sleep(max(0.0, next_time - time.monotonic()))
+            client.wait_for_stamp("disparity", last, timeout=300.0)
+            elapsed = time.monotonic() - start
+            outputs = client.received["disparity"][first_index:]
+            latencies = [item.stamp - sent[(item.msg.header.stamp.sec, item.msg.header.stamp.nanosec)]
+                         for item in outputs if (item.msg.header.stamp.sec, item.msg.header.stamp.nanosec) in sent]
+            diag = client.wait_for("diagnostics", None, timeout=5.0, start=max(client.count("diagnostics") - 1, 0))
+            node.stop()
+    values = diagnostic_values(diag) if diag is not None else {}
+    lat = np.array(latencies) * 1e3
+    inputs = len([k for k in sent]) - 1
+    print(f"node: backend {args.backend}{' (' + str(params.get('model_path')) + ')' if 'model_path' in params else ''}"
+          f", {width}x{height} rgb8 at {args.rate} Hz for {args.seconds:.0f} s, Fast DDS profile "
+          f"{'off' if args.no_profile else 'on'}")
+    print(f"  sent {inputs} pairs, published {len(outputs)} -> sustained {len(outputs) / elapsed:.2f} Hz")
+    if lat.size:
+        print(f"  latency stamp -> disparity at the client: median {np.median(lat):.0f} ms, min {lat.min():.0f} ms, "
+              f"max {lat.max():.0f} ms")
+    print(f"  node diagnostics: inference {values.get('inference_ms_median', '?')} ms (median), receive-to-publish "
+          f"{values.get('latency_ms_median', '?')} ms, dropped {values.get('dropped_pairs', '?')}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    transport = sub.add_parser("transport", help="image latency between two processes, profile on vs off")
+    transport.add_argument("--size", default="1280x720")
+    transport.add_argument("--frames", type=int, default=90)
+    transport.add_argument("--rate", type=float, default=30.0)
+    role = sub.add_parser("_transport")
+    role.add_argument("--role", choices=["pub", "sub"], required=True)
+    role.add_argument("--size", default="1280x720")
+    role.add_argument("--frames", type=int, default=90)
+    role.add_argument("--rate", type=float, default=30.0)
+    node = sub.add_parser("node", help="latency and sustained rate through stereo_depth_node")
+    node.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "opencv_sgbm"])
+    node.add_argument("--model-path", default="", help="the .onnx file for onnxruntime")
+    node.add_argument("--device", default="auto")
+    node.add_argument("--iters", type=int, default=0, help="refinement iterations (0 = model default)")
+    node.add_argument("--size", default="640x480")
+    node.add_argument("--rate", type=float, default=10.0)
+    node.add_argument("--seconds", type=float, default=20.0)
+    node.add_argument("--max-disparity", type=int, default=192)
+    node.add_argument("--no-profile", action="store_true", help="run without the Fast DDS profile")
+    args = parser.parse_args()
+    if args.mode == "_transport":
+        width, height = parse_size(args.size)
+        _transport_role(args.role, width, height, args.frames, args.rate)
+        return 0
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+          f"python {platform.python_version()}")
+    if args.mode == "transport":
+        bench_transport(args)
+    else:
+        bench_node(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
