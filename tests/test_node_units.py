@@ -1,0 +1,87 @@
+"""The node's ROS-free helpers: the one-slot mailbox between callbacks and worker, frame statistics, throttling."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from stereo_depth_ros.diagnostics import EventWindow, FrameStats, Throttle, summary_line
+from stereo_depth_ros.mailbox import LatestMailbox
+
+
+def test_mailbox_keeps_newest_and_counts_drops():
+    box: LatestMailbox[int] = LatestMailbox()
+    assert box.put(1) is False
+    assert box.put(2) is True and box.put(3) is True
+    assert box.dropped == 2
+    assert box.get(timeout=0.1) == 3
+    assert box.get(timeout=0.05) is None  # empty again: nothing is queued behind the newest
+
+
+def test_mailbox_close_wakes_a_waiting_consumer():
+    box: LatestMailbox[int] = LatestMailbox()
+    got = []
+    worker = threading.Thread(target=lambda: got.append(box.get()))
+    worker.start()
+    time.sleep(0.05)
+    box.close()
+    worker.join(timeout=5.0)
+    assert not worker.is_alive() and got == [None] and box.closed
+
+
+def test_mailbox_under_concurrent_producer_never_loses_the_last_item():
+    box: LatestMailbox[int] = LatestMailbox()
+    consumed = []
+
+    def consume():
+        while True:
+            item = box.get(timeout=1.0)
+            if item is None:
+                return
+            consumed.append(item)
+            time.sleep(0.001)
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    for i in range(2000):
+        box.put(i)
+    time.sleep(0.05)
+    box.close()
+    worker.join(timeout=5.0)
+    assert consumed[-1] == 1999
+    assert consumed == sorted(consumed)
+    assert len(consumed) + box.dropped == 2000
+
+
+def test_event_window_rate_and_expiry():
+    window = EventWindow(window=1.0)
+    for k in range(11):
+        window.add(float(k), now=10.0 + 0.1 * k)
+    assert abs(window.rate(now=11.0) - 10.0) < 1e-9
+    np.testing.assert_array_equal(window.values(now=11.0), np.arange(11, dtype=float))
+    assert window.rate(now=12.5) == 0.0 and window.values(now=12.5).size == 0
+
+
+def test_frame_stats_snapshot_and_summary():
+    stats = FrameStats(window=5.0)
+    stats.pair_received(dropped_older=False)
+    stats.pair_received(dropped_older=True)
+    stats.pair_rejected("left image: truncated")
+    stats.pair_published(latency_s=0.040, inference_s=0.030, valid_share=0.75)
+    stats.pair_published(latency_s=0.060, inference_s=0.050, valid_share=0.5)
+    snap = stats.snapshot()
+    assert snap["received_pairs"] == 2 and snap["dropped_pairs"] == 1 and snap["rejected_pairs"] == 1
+    assert snap["processed_pairs"] == 2 and snap["valid_depth_share"] == 0.5
+    assert abs(snap["latency_ms_median"] - 50.0) < 1e-6 and abs(snap["latency_ms_max"] - 60.0) < 1e-6
+    assert abs(snap["inference_ms_median"] - 40.0) < 1e-6
+    assert snap["last_problem"] == "left image: truncated"
+    line = summary_line(snap)
+    assert "dropped 1" in line and "latency 50.000 ms" in line
+
+
+def test_throttle_is_per_key():
+    throttle = Throttle(period=5.0)
+    assert throttle.ready("a", now=0.0) and throttle.ready("b", now=0.1)
+    assert not throttle.ready("a", now=4.9)
+    assert throttle.ready("a", now=5.1)
