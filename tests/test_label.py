@@ -46,7 +46,7 @@ def teacher(weights):
     return load_model(TEACHER, checkpoint=str(weights), valid_iters=ITERS, max_disp=MAX_DISP)
 
 
-def motorcycle_crops(n: int, size=(48, 64)) -> list[tuple[np.ndarray, np.ndarray]]:
+def motorcycle_crops(n: int, size=(32, 64)) -> list[tuple[np.ndarray, np.ndarray]]:
     """Real stereo content: n different windows of the Motorcycle pair, downscaled by 4."""
     from skimage.data import stereo_motorcycle
 
@@ -62,7 +62,7 @@ def motorcycle_crops(n: int, size=(48, 64)) -> list[tuple[np.ndarray, np.ndarray
 
 def make_data(root: Path, n: int, sizes=None) -> Path:
     for i in range(n):
-        size = sizes[i] if sizes else (48, 64)
+        size = sizes[i] if sizes else (32, 64)
         left, right = motorcycle_crops(i + 1, size)[i]
         write_image(root / f"{i:06d}_{1000 + i}" / "left.png", left)
         write_image(root / f"{i:06d}_{1000 + i}" / "right.png", right)
@@ -110,7 +110,7 @@ def reference_mask(disp_left: np.ndarray, disp_right: np.ndarray, lr: float, lo:
 
 
 def test_labels_equal_predict_and_manifest(weights, teacher, tmp_path, capsys):
-    data = make_data(tmp_path / "data", 2)
+    data = make_data(tmp_path / "data", 2, sizes=[(48, 64), (32, 64)])  # 48: the padding path
     (data / "000002_1002").mkdir()
     write_image(data / "000002_1002" / "left.png", motorcycle_crops(1)[0][0])
     (data / "000002_1002" / "right.png").write_bytes(b"\x89PNG truncated")
@@ -120,7 +120,7 @@ def test_labels_equal_predict_and_manifest(weights, teacher, tmp_path, capsys):
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["teacher"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert manifest["teacher"]["config"] == dataclasses.asdict(teacher.config)
+    assert manifest["teacher"]["config"] == json.loads(json.dumps(dataclasses.asdict(teacher.config)))
     assert manifest["teacher"]["model"] == TEACHER
     assert manifest["thresholds"] == {"lr_threshold": 1.5, "min_disp": 0.0, "max_disp": float(MAX_DISP)}
     assert list(manifest["failures"]) == ["000002_1002"] and "right.png" in manifest["failures"]["000002_1002"]
@@ -131,7 +131,7 @@ def test_labels_equal_predict_and_manifest(weights, teacher, tmp_path, capsys):
         expected = teacher.predict(left, right)[0, 0].numpy()
         mirrored = teacher.predict(right.flip(-1), left.flip(-1))[0, 0].numpy()[:, ::-1]
         disparity = np.load(out / sample.name / "disparity.npy")
-        assert disparity.dtype == np.float32 and disparity.shape == (48, 64)
+        assert disparity.dtype == np.float32 and disparity.shape == left.shape[-2:]
         np.testing.assert_allclose(disparity, expected, rtol=0, atol=1e-5)
         valid = cv2.imread(str(out / sample.name / "valid.png"), cv2.IMREAD_UNCHANGED)
         assert valid.dtype == np.uint8 and set(np.unique(valid)) <= {0, 255}
@@ -167,7 +167,7 @@ def test_changed_settings_are_refused(weights, tmp_path, capsys):
 
 
 def test_kill_9_then_resume_equals_uninterrupted(weights, tmp_path):
-    data = make_data(tmp_path / "data", 5)
+    data = make_data(tmp_path / "data", 3)
     command = [sys.executable, "-m", "training.cli", "label", str(data), "--teacher", str(weights), *SMALL]
 
     reference = tmp_path / "reference"
@@ -182,7 +182,7 @@ def test_kill_9_then_resume_equals_uninterrupted(weights, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     done = len(list(resumed.glob("*/label.json")))
-    assert 1 <= done < 5, f"the run was not interrupted mid-way ({done} of 5 samples done)"
+    assert 1 <= done < 3, f"the run was not interrupted mid-way ({done} of 3 samples done)"
 
     subprocess.run([*command, "--out", str(resumed)], env=subprocess_env(), check=True, capture_output=True)
     assert files_of(resumed) == files_of(reference)
@@ -190,7 +190,7 @@ def test_kill_9_then_resume_equals_uninterrupted(weights, tmp_path):
 
 def test_torchrun_two_ranks_equal_single_process(weights, tmp_path):
     # Two sizes and batches of two: ranks get whole batches, so every pair is computed exactly as in one process.
-    data = make_data(tmp_path / "data", 5, sizes=[(48, 64), (48, 64), (32, 64), (48, 64), (32, 64)])
+    data = make_data(tmp_path / "data", 4, sizes=[(32, 64), (32, 64), (32, 96), (32, 64)])
     args = ["label", str(data), "--teacher", str(weights), *SMALL, "--batch-size", "2", "--device", "cpu"]
     single, multi = tmp_path / "single", tmp_path / "multi"
     subprocess.run([sys.executable, "-m", "training.cli", *args, "--out", str(single)], env=subprocess_env(),
@@ -202,7 +202,7 @@ def test_torchrun_two_ranks_equal_single_process(weights, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert files_of(multi) == files_of(single)
-    assert json.loads((multi / "manifest.json").read_text())["summary"]["labelled"] == 5
+    assert json.loads((multi / "manifest.json").read_text())["summary"]["labelled"] == 4
 
 
 class BlockMatcher:

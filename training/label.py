@@ -134,12 +134,15 @@ def software_versions() -> dict:
 
 
 def settings_of(model, checkpoint: Path, checkpoint_sha: str, thresholds: Thresholds) -> dict:
-    """What makes labels comparable: LABELS holds labels of exactly one of these."""
-    return {
+    """What makes labels comparable: LABELS holds labels of exactly one of these.
+
+    Normalised through JSON (tuples become lists) so that it compares equal to what a manifest holds.
+    """
+    return json.loads(json.dumps({
         "teacher": {"model": model.name, "checkpoint": str(checkpoint), "sha256": checkpoint_sha,
                     "config": dataclasses.asdict(model.config)},
         "thresholds": dataclasses.asdict(thresholds),
-    }
+    }))
 
 
 def check_compatible(manifest_path: Path, settings: dict) -> None:

@@ -1,0 +1,206 @@
+"""Labelling figures: teacher throughput, precision agreement, and a real bag -> extract -> label run.
+
+Throughput (pairs/s of the whole label step: teacher on the pair, teacher on the mirrored swapped pair,
+left-right check) on the Motorcycle pair resized to --height x --width; with two precisions also the EPE between
+their labels (all pixels, and pixels both call valid):
+
+    python bench/label.py                                           # small, CPU
+    python bench/label.py --height 860 --width 1080 --max-disp 768 --precision fp32 bf16   # InStereo2K size, GPU
+
+The real run (--demo-bag): the Motorcycle pair streamed as a camera would (rectified images and camera_info at
+--rate Hz, a little stamp jitter between the cameras), written as a rosbag2 with rosbags, then
+`stereo-distill extract` and `stereo-distill label` on it, each timed, with the counts and the valid share:
+
+    python bench/label.py --demo-bag --frames 6 --width 256 --iters 4
+
+The teacher is --teacher, else the fixture weights in ../shared/parity/selective_igev/weights.pth when present
+(seeded, untrained: the figures are speed and plumbing, not label quality), else a seeded random init.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+FIXTURE = REPO.parent / "shared" / "parity" / "selective_igev" / "weights.pth"
+
+
+def motorcycle(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    from skimage.data import stereo_motorcycle
+
+    left, right, _ = stereo_motorcycle()
+    return tuple(cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA) for im in (left, right))
+
+
+def default_teacher(given: str | None) -> str | None:
+    if given:
+        return given
+    return str(FIXTURE) if FIXTURE.is_file() else None
+
+
+# ------------------------------------------------------------------------------------------------- throughput
+def throughput(args) -> int:
+    import torch
+
+    from stereo_depth_ros.models import load_model
+    from training.label import Thresholds, label_batch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = default_teacher(args.teacher)
+    left, right = motorcycle(args.height, args.width)
+    to_t = lambda im: torch.from_numpy(im).permute(2, 0, 1)[None].float().repeat(args.batch_size, 1, 1, 1)  # noqa
+    left_t, right_t = to_t(left).to(device), to_t(right).to(device)
+    print(f"label bench: {args.model} ({teacher or 'seeded init'}), {args.height}x{args.width}, iters {args.iters}, "
+          f"max_disp {args.max_disp}, batch {args.batch_size}, device {device}, torch threads {torch.get_num_threads()}")
+    labels = {}
+    for precision in args.precision:
+        model = load_model(args.model, checkpoint=teacher, device=device, precision=precision,
+                           valid_iters=args.iters, max_disp=args.max_disp)
+        thresholds = Thresholds()
+        label_batch(model, left_t, right_t, None, thresholds)  # warm-up: allocator, cudnn autotuning
+        started = time.perf_counter()
+        for _ in range(args.repeats):
+            disparity, valid = label_batch(model, left_t, right_t, None, thresholds)
+        seconds = time.perf_counter() - started
+        pairs = args.repeats * args.batch_size
+        labels[precision] = (disparity[0], valid[0])
+        print(f"  {precision}: {pairs / seconds:.3f} pairs/s ({seconds / pairs:.3f} s/pair over {pairs} pairs), "
+              f"valid share {valid.mean():.3f}")
+        del model
+    if len(labels) == 2:
+        (a, va), (b, vb) = labels.values()
+        both = va & vb
+        names = " vs ".join(labels)
+        print(f"  EPE {names}: {np.abs(a - b).mean():.4f} px all pixels, "
+              f"{np.abs(a - b)[both].mean() if both.any() else float('nan'):.4f} px where both valid; "
+              f"valid masks agree on {(va == vb).mean():.4f} of pixels")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ the real run
+def write_demo_bag(path: Path, frames: int, width: int, rate: float, storage: str) -> dict:
+    """The demo stream (Motorcycle, calibration scaled to `width`) as a rosbag2 written with rosbags."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from stereo_depth_ros.demo import FRAME_ID, motorcycle_rig
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    Image, CameraInfo = ts.types["sensor_msgs/msg/Image"], ts.types["sensor_msgs/msg/CameraInfo"]
+    Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    Roi = ts.types["sensor_msgs/msg/RegionOfInterest"]
+    rig = motorcycle_rig(width)
+    rng = np.random.default_rng(0)
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    start_ns = time.time_ns()
+
+    def header(ns: int):
+        return Header(stamp=Time(sec=ns // 10**9, nanosec=ns % 10**9), frame_id=FRAME_ID)
+
+    def info(ns: int, cx: float, tx: float):
+        return CameraInfo(
+            header=header(ns), height=rig.height, width=rig.width, distortion_model="plumb_bob", d=np.zeros(5),
+            k=np.array([rig.fx, 0, cx, 0, rig.fx, rig.cy, 0, 0, 1.0]), r=np.eye(3).reshape(-1),
+            p=np.array([rig.fx, 0, cx, tx, 0, rig.fx, rig.cy, 0, 0, 0, 1.0, 0]), binning_x=0, binning_y=0,
+            roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        topics = {}
+        for side in ("left", "right"):
+            topics[side, "image"] = writer.add_connection(f"/stereo/{side}/image_rect", Image.__msgtype__, typestore=ts)
+            topics[side, "info"] = writer.add_connection(f"/stereo/{side}/camera_info", CameraInfo.__msgtype__,
+                                                         typestore=ts)
+        for index in range(frames):
+            left_ns = start_ns + int(index * 1e9 / rate)
+            for side, image, cx, tx in (("left", rig.left, rig.cx_left, 0.0),
+                                        ("right", rig.right, rig.cx_right, -rig.fx * rig.baseline)):
+                # Hardware-triggered cameras still stamp a little apart.
+                ns = left_ns if side == "left" else left_ns + int(rng.integers(-1_000_000, 1_000_000))
+                msg = Image(header=header(ns), height=rig.height, width=rig.width, encoding="rgb8", is_bigendian=0,
+                            step=rig.width * 3, data=np.ascontiguousarray(image).reshape(-1))
+                writer.write(topics[side, "info"], ns, ts.serialize_cdr(info(ns, cx, tx), CameraInfo.__msgtype__))
+                writer.write(topics[side, "image"], ns, ts.serialize_cdr(msg, Image.__msgtype__))
+    return {"width": rig.width, "height": rig.height}
+
+
+def demo_bag(args) -> int:
+    out = Path(args.out or tempfile.mkdtemp(prefix="label_demo_"))
+    bag, data, labels = out / "bag", out / "data", out / "labels"
+    if bag.exists():
+        print(f"{bag} exists; pass another --out", file=sys.stderr)
+        return 2
+    teacher = default_teacher(args.teacher)
+    if teacher is None:
+        print("no teacher: pass --teacher CKPT (the fixture weights are absent)", file=sys.stderr)
+        return 2
+    size = write_demo_bag(bag, args.frames, args.width, args.rate, args.storage)
+    bag_bytes = sum(p.stat().st_size for p in bag.iterdir())
+    print(f"demo bag: {args.frames} stereo frames {size['width']}x{size['height']} rgb8 + camera_info, {args.storage}, "
+          f"{bag_bytes / 1e6:.1f} MB -> {bag}")
+    cli = [sys.executable, "-m", "training.cli"]
+    timings = {}
+    for name, command in [
+        ("extract", [*cli, "extract", str(bag), "--left-topic", "/stereo/left/image_rect",
+                     "--right-topic", "/stereo/right/image_rect", "--out", str(data)]),
+        ("label", [*cli, "label", str(data), "--teacher", teacher, "--out", str(labels), "--model", args.model,
+                   "--iters", str(args.iters), "--max-disp", str(args.max_disp), "--device", args.device or "cpu"]),
+    ]:
+        started = time.perf_counter()
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        timings[name] = time.perf_counter() - started
+        last = [line for line in result.stderr.splitlines() if line.startswith(f"{name}:") or " pairs written" in line]
+        print(f"  {name}: exit {result.returncode}, {timings[name]:.1f} s (process wall time, incl. start-up); "
+              f"{last[-1].strip() if last else ''}")
+        if result.returncode != 0:
+            print(result.stderr[-2000:], file=sys.stderr)
+            return result.returncode
+    manifest = json.loads((labels / "manifest.json").read_text())
+    shares = [s["valid_share"] for s in manifest["samples"].values()]
+    summary = manifest["summary"]
+    print(f"  result: {summary['labelled']} labelled of {summary['samples']} extracted pairs, {summary['failed']} failed, "
+          f"valid share mean {np.mean(shares):.3f} (min {min(shares):.3f}, max {max(shares):.3f}), "
+          f"camera_info.yaml {'present' if (data / 'camera_info.yaml').is_file() else 'absent'}, "
+          f"{len(shares) / timings['label']:.3f} pairs/s end to end")
+    print(f"  teacher sha256 {manifest['teacher']['sha256'][:16]}..., config {manifest['teacher']['config']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default=None, help="teacher checkpoint (default: the fixture weights)")
+    parser.add_argument("--model", default="selective_igev")
+    parser.add_argument("--height", type=int, default=96)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--iters", type=int, default=8, help="GRU iterations (upstream's Middlebury setting: 80)")
+    parser.add_argument("--max-disp", type=int, default=192)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "bf16", "fp16"),
+                        help="one or two precisions; two also give the EPE between their labels")
+    parser.add_argument("--repeats", type=int, default=3, help="timed batches per precision")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--demo-bag", action="store_true", help="the real run: bag -> extract -> label")
+    parser.add_argument("--frames", type=int, default=6)
+    parser.add_argument("--rate", type=float, default=10.0)
+    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    parser.add_argument("--out", default=None, help="--demo-bag output folder (default: a new temporary folder)")
+    args = parser.parse_args(argv)
+    if len(args.precision) > 2:
+        parser.error("--precision takes one or two values")
+    if args.demo_bag:
+        if args.width == parser.get_default("width"):
+            args.width = 256
+        return demo_bag(args)
+    return throughput(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
