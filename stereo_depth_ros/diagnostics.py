@@ -14,10 +14,12 @@ import numpy as np
 
 
 class EventWindow:
-    """Times (and optional values) of recent events, kept for `window` seconds."""
+    """Times (and optional values) of recent events: those of the last `window` seconds, and at least the last
+    `keep` events younger than `max_age`, so that a slow stream (one inference every few seconds on a CPU) still
+    has figures instead of an empty window."""
 
-    def __init__(self, window: float = 5.0) -> None:
-        self.window = window
+    def __init__(self, window: float = 5.0, keep: int = 3, max_age: float = 60.0) -> None:
+        self.window, self.keep, self.max_age = window, keep, max_age
         self._events: deque[tuple[float, float]] = deque()
 
     def add(self, value: float = 0.0, now: float | None = None) -> None:
@@ -26,17 +28,26 @@ class EventWindow:
         self._trim(now)
 
     def _trim(self, now: float) -> None:
-        while self._events and now - self._events[0][0] > self.window:
-            self._events.popleft()
+        events = self._events
+        while events and (now - events[0][0] > self.max_age
+                          or (now - events[0][0] > self.window and len(events) > self.keep)):
+            events.popleft()
 
     def rate(self, now: float | None = None) -> float:
-        """Events per second over the window (0 with fewer than two events)."""
+        """Events per second over the kept events; decays once the next event is overdue (0 with fewer than two)."""
         now = time.monotonic() if now is None else now
         self._trim(now)
         if len(self._events) < 2:
             return 0.0
-        span = self._events[-1][0] - self._events[0][0]
-        return (len(self._events) - 1) / span if span > 0 else 0.0
+        first, last = self._events[0][0], self._events[-1][0]
+        intervals = len(self._events) - 1
+        span = last - first
+        if span <= 0:
+            return 0.0
+        # Overdue by more than two typical intervals: count the silence too, so a stopped stream tends to 0.
+        if now - last > 2 * span / intervals:
+            span = now - first
+        return intervals / span
 
     def values(self, now: float | None = None) -> np.ndarray:
         now = time.monotonic() if now is None else now

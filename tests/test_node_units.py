@@ -55,12 +55,23 @@ def test_mailbox_under_concurrent_producer_never_loses_the_last_item():
 
 
 def test_event_window_rate_and_expiry():
-    window = EventWindow(window=1.0)
+    window = EventWindow(window=1.0, keep=3, max_age=10.0)
     for k in range(11):
         window.add(float(k), now=10.0 + 0.1 * k)
     assert abs(window.rate(now=11.0) - 10.0) < 1e-9
     np.testing.assert_array_equal(window.values(now=11.0), np.arange(11, dtype=float))
-    assert window.rate(now=12.5) == 0.0 and window.values(now=12.5).size == 0
+    # Past the window only the last `keep` events remain, and the rate decays once events are overdue.
+    np.testing.assert_array_equal(window.values(now=12.5), [8.0, 9.0, 10.0])
+    assert 0.0 < window.rate(now=12.5) < 2.0
+    assert window.values(now=30.0).size == 0 and window.rate(now=30.0) == 0.0
+
+
+def test_event_window_slow_stream_keeps_figures():
+    window = EventWindow(window=5.0, keep=3)
+    for k in range(4):
+        window.add(8.0, now=100.0 + 8.0 * k)  # one inference every 8 s
+    assert abs(window.rate(now=124.5) - 1 / 8) < 1e-9
+    np.testing.assert_array_equal(window.values(now=124.5), [8.0, 8.0, 8.0])
 
 
 def test_frame_stats_snapshot_and_summary():
