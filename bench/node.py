@@ -28,6 +28,7 @@ from stereo_msgs.msg import DisparityImage
 
 from stereo_depth_ros.camera_geometry import (
     StereoCamera, cloud_array, disparity_image_fields, disparity_to_depth, fill_disparity_image, fill_pointcloud2)
+from stereo_depth_ros.config import NodeConfig
 from stereo_depth_ros.image_conversion import array_to_image, image_to_rgb
 from stereo_depth_ros.sync import StereoSynchronizer
 
@@ -74,7 +75,8 @@ def network_like_output(width: int, height: int) -> tuple[np.ndarray, np.ndarray
     return disparity, confidence
 
 
-def run(width: int, height: int, frames: int, encoding: str, sync_impl: str) -> dict[str, list[float]]:
+def run(width: int, height: int, frames: int, encoding: str, sync_impl: str,
+        clock=time.perf_counter, threshold: float = 0.0) -> dict[str, list[float]]:
     times: dict[str, list[float]] = defaultdict(list)
     left_template, right_template = camera_image(width, height, encoding, 1), camera_image(width, height, encoding, 2)
     left_info, right_info = camera_infos(width, height)
@@ -91,41 +93,44 @@ def run(width: int, height: int, frames: int, encoding: str, sync_impl: str) -> 
                 template.height, template.width, template.encoding, template.step)
             image.data = template.data
             msgs += [stamped(image, k), stamped(info, k)]
-        t0 = time.perf_counter()
+        t0 = clock()
         sync.add_left_info(msgs[1])
         sync.add_right_info(msgs[3])
         sync.add_left_image(msgs[0])
         sync.add_right_image(msgs[2])
         frame = got.pop()
-        t1 = time.perf_counter()
+        t1 = clock()
         left, right = image_to_rgb(frame.left_image), image_to_rgb(frame.right_image)
-        t2 = time.perf_counter()
+        t2 = clock()
         # The node re-reads geometry only when the camera_info content changes.
         key = (tuple(frame.left_info.p), tuple(frame.right_info.p))
         if camera_cache is None or camera_cache[0] != key:
             camera_cache = (key, StereoCamera.from_camera_info(frame.left_info, frame.right_info))
         camera = camera_cache[1]
-        t3 = time.perf_counter()
+        t3 = clock()
         header = frame.left_image.header
-        fields = disparity_image_fields(disparity, camera, 192, invalid=confidence < 0.1)
-        disp_msg = DisparityImage()
+        unconfident = confidence < threshold if threshold > 0 else None
+        fields = disparity_image_fields(disparity, camera, 192, invalid=unconfident)
+        # check_fields=True lets rclpy keep our array.array data without another copy.
+        disp_msg = DisparityImage(check_fields=True)
+        disp_msg.image = Image(check_fields=True)
         disp_msg.header = header
         disp_msg.image.header = header
         fill_disparity_image(disp_msg, fields)
-        t4 = time.perf_counter()
-        depth = disparity_to_depth(disparity, camera, confidence, 0.1)
-        depth_msg = array_to_image(depth, "32FC1", Image())
+        t4 = clock()
+        depth = disparity_to_depth(disparity, camera, confidence, threshold)
+        depth_msg = array_to_image(depth, "32FC1", Image(check_fields=True))
         depth_msg.header = header
-        t5 = time.perf_counter()
-        conf_msg = array_to_image(confidence, "32FC1", Image())
+        t5 = clock()
+        conf_msg = array_to_image(confidence, "32FC1", Image(check_fields=True))
         conf_msg.header = header
-        t6 = time.perf_counter()
-        cloud = fill_pointcloud2(PointCloud2(), cloud_array(depth, camera, left), PointField)
+        t6 = clock()
+        cloud = fill_pointcloud2(PointCloud2(check_fields=True), cloud_array(depth, camera, left), PointField)
         cloud.header = header
-        t7 = time.perf_counter()
+        t7 = clock()
         for msg in (disp_msg, depth_msg, conf_msg, cloud):
             serialize_message(msg)
-        t8 = time.perf_counter()
+        t8 = clock()
         assert right.shape == left.shape
         if k >= 5:
             for name, (a, b) in zip(STAGES + ("serialize",),
@@ -142,6 +147,11 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="+", default=["640x480", "1280x720"])
     parser.add_argument("--encoding", default="bgr8", choices=["mono8", "rgb8", "bgr8", "rgba8", "bgra8"])
     parser.add_argument("--sync", default="auto", choices=["auto", "builtin", "message_filters"])
+    parser.add_argument("--confidence-threshold", type=float, default=NodeConfig().confidence_threshold,
+                        help="the node's confidence_threshold (default: config/stereo.yaml's)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall: elapsed time; cpu: this thread's CPU time, which leaves out the time other "
+                             "processes hold the CPU (use on a shared machine)")
     parser.add_argument("--inference", nargs="*", default=[], choices=["opencv_sgbm", "torch", "onnxruntime"],
                         help="also time these backends' estimate() per frame")
     parser.add_argument("--inference-frames", type=int, default=3)
@@ -149,10 +159,13 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
-    results = {size: run(*size, args.frames, args.encoding, args.sync) for size in sizes}
+    clock = time.perf_counter if args.clock == "wall" else time.thread_time
+    results = {size: run(*size, args.frames, args.encoding, args.sync, clock, args.confidence_threshold)
+               for size in sizes}
     impl = StereoSynchronizer(print, implementation=args.sync).implementation
     print(f"stereo_depth_node per-frame overhead excluding inference: median ms over {args.frames} frames, "
-          f"{args.encoding} input, sync={impl}, {platform.processor() or platform.machine()}, "
+          f"{args.encoding} input, sync={impl}, {args.clock} clock, "
+          f"confidence_threshold {args.confidence_threshold}, {platform.processor() or platform.machine()}, "
           f"numpy {np.__version__}")
     header = f"{'stage':<22}" + "".join(f"{f'{w}x{h}':>12}" for w, h in sizes)
     print(header)

@@ -84,7 +84,7 @@ def test_cloud_layout_and_packed_colour_in_a_real_pointcloud2():
     rgb = np.zeros((3, 4, 3), np.uint8)
     rgb[0, 1] = (0x12, 0x34, 0x56)
     cloud = cloud_array(depth, cam, rgb)
-    msg = fill_pointcloud2(msgs.PointCloud2(), cloud, msgs.PointField)
+    msg = fill_pointcloud2(msgs.PointCloud2(check_fields=True), cloud, msgs.PointField)
     assert (msg.height, msg.width, msg.point_step, msg.row_step) == (3, 4, POINT_STEP, 64)
     assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields] == [
         ("x", 0, msgs.PointField.FLOAT32, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("rgb", 12, 7, 1)]
@@ -113,7 +113,7 @@ def test_disparity_image_fields_and_message():
     empty = disparity_image_fields(np.full((2, 2), np.nan, np.float32), None, 64)
     assert empty.valid_window == (0, 0, 0, 0) and empty.f == 0.0 and empty.t == 0.0
     stereo = pytest.importorskip("stereo_msgs.msg", reason="ROS 2 stereo_msgs not installed")
-    msg = fill_disparity_image(stereo.DisparityImage(), fields)
+    msg = fill_disparity_image(stereo.DisparityImage(check_fields=True), fields)
     assert msg.image.encoding == "32FC1" and msg.valid_window.width == 4 and msg.delta_d == 1 / 16
     np.testing.assert_array_equal(image_to_array(msg.image), fields.image)
 

@@ -118,7 +118,7 @@ def test_array_to_image_round_trip(encoding, array):
     fields = array_to_image(array, encoding)
     assert fields["encoding"] == encoding and fields["is_bigendian"] == 0
     assert fields["step"] == array.shape[1] * array.itemsize * (array.shape[2] if array.ndim == 3 else 1)
-    assert isinstance(fields["data"], bytes)
+    assert bytes(fields["data"]) == np.ascontiguousarray(array).tobytes()
     back = image_to_array(SimpleNamespace(**fields))
     np.testing.assert_array_equal(back, array)
 
@@ -135,9 +135,10 @@ def test_array_to_image_fills_a_message_and_rejects_wrong_arrays():
         array_to_image(np.zeros((2, 3), np.uint8), "jpeg")
 
 
-def test_real_sensor_msgs_image():
+@pytest.mark.parametrize("check_fields", [False, True])
+def test_real_sensor_msgs_image(check_fields):
     image_mod = pytest.importorskip("sensor_msgs.msg", reason="ROS 2 sensor_msgs not installed")
-    msg = image_mod.Image()
+    msg = image_mod.Image(check_fields=check_fields)
     array_to_image(RGB[..., ::-1], "bgr8", msg)
     assert msg.step == W * 3 and len(msg.data) == H * W * 3
     np.testing.assert_array_equal(image_to_rgb(msg), RGB)
