@@ -173,3 +173,14 @@ def test_working_resolution_round_trip():
     assert full.shape == (480, 640) and conf.shape == (480, 640)
     assert full[100, 100] == 20.0  # disparity values scale with the width
     assert np.isnan(full[0, 0]) and np.isnan(full[1, 1]) and np.isfinite(full[2, 2])
+
+
+def test_real_camera_info_messages():
+    msgs = pytest.importorskip("sensor_msgs.msg", reason="ROS 2 sensor_msgs not installed")
+    left, right = msgs.CameraInfo(), msgs.CameraInfo()
+    for msg, ns in zip((left, right), infos()):
+        msg.width, msg.height, msg.k, msg.p = ns.width, ns.height, ns.k, ns.p
+    cam = StereoCamera.from_camera_info(left, right)
+    assert (cam.fx, cam.cx, cam.width) == (F, CX, W) and cam.baseline == pytest.approx(B)
+    with pytest.raises(CameraGeometryError, match="no projection"):
+        StereoCamera.from_camera_info(left, msgs.CameraInfo())  # a default (all-zero) camera_info
