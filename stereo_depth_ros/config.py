@@ -28,6 +28,15 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 ONNX_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
+# Parameters every rclpy node owns (declared by rclpy itself): allowed in params files, not ours to check.
+ROS_OWN_PARAMETERS = frozenset({"use_sim_time", "start_type_description_service"})
+ROS_OWN_PREFIXES = ("qos_overrides.",)
+
+
+def is_ros_own_parameter(name: str) -> bool:
+    return name in ROS_OWN_PARAMETERS or name.startswith(ROS_OWN_PREFIXES)
+
+
 class ConfigError(ValueError):
     """A parameter value or params file that the node cannot start with; the message names the parameter."""
 
@@ -72,11 +81,13 @@ class NodeConfig:
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "NodeConfig":
-        """Config from parameter values (e.g. a params file's ros__parameters); unknown names are an error.
+        """Config from parameter values (e.g. a params file's ros__parameters); unknown names are an error,
+        except rclpy's own (use_sim_time, qos_overrides.*), which are skipped.
 
         Values are checked for type (ints accepted where floats are expected); call validate() for the rest.
         """
         known = {f.name: f for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if not is_ros_own_parameter(k)}
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known)}")

@@ -108,6 +108,12 @@ def test_wrong_types_and_unknown_names(values, match):
         NodeConfig.from_dict(values)
 
 
+def test_rclpy_own_parameters_are_allowed_in_params_files():
+    cfg = NodeConfig.from_dict({"use_sim_time": True, "qos_overrides./parameter_events.publisher.depth": 1000,
+                                "queue_size": 2})
+    assert cfg.queue_size == 2
+
+
 def test_int_accepted_for_float_and_estimator_options():
     cfg = NodeConfig.from_dict({"approximate_sync_tolerance_seconds": 1, "iters": 4})
     assert cfg.approximate_sync_tolerance_seconds == 1.0
