@@ -59,6 +59,8 @@ def test_bad_name_and_override():
         load_model("rt_igev", hiden_dim=3)
     with pytest.raises(ValueError, match="precision must be one of"):
         load_model("rt_igev", precision="fp8")
+    with pytest.raises(ValueError, match="max_disp must be a multiple of 32"):
+        load_model("rt_igev", max_disp=200)
 
 
 def test_cpu_forces_fp32():
