@@ -274,6 +274,8 @@ def init_distributed(device_arg: str | None) -> tuple[Distributed, str]:
     device = device_arg or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and world_size > 1:
         device = f"cuda:{local_rank}"
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(torch.device(device))  # NCCL collectives run on the current device
     if world_size > 1:
         import torch.distributed as dist
 
