@@ -3,7 +3,8 @@
 The graph takes "left" and "right" float32 [1,3,H,W] RGB 0..255 and returns "disparity" float32 [1,1,H,W]
 (and "confidence" [1,1,H,W] in 0..1 unless --no-confidence);
 padding to a multiple of 32 (edge replication, as the PyTorch model's `predict`) happens inside the graph.
-Input size: fixed at export (--height/--width, default 480x640) or dynamic (--dynamic).
+Input size: fixed at export (--height/--width, default 480x640) or dynamic (--dynamic; any height, widths from
+max_disp up, because the traced cost volume keeps its number of shifts).
 Precision fp16 stores weights and runs the network in float16 behind float32 inputs/outputs.
 The file is written only after onnxruntime has run it and matched PyTorch within --tolerance.
 """
@@ -258,6 +259,13 @@ def run(args) -> int:
     model.eval()
     reference.eval()
     iters = args.iters or model.config.valid_iters
+    max_disp = model.config.max_disp
+    if args.dynamic and width < max_disp:
+        # The cost volume loops over min(max_disp, width) / 4 shifts; tracing records that count as a constant,
+        # so a dynamic graph is only right for widths >= max_disp. Trace and verify in that range.
+        print(f"note: dynamic export traced at width {max_disp} (>= max_disp); it accepts widths >= {max_disp}",
+              file=sys.stderr)
+        width = max_disp
     half = args.precision == "fp16"
 
     start = time.perf_counter()
@@ -275,7 +283,7 @@ def run(args) -> int:
             META_PREFIX + "iters": str(iters),
             META_PREFIX + "model": "rt_igev",
             META_PREFIX + "precision": args.precision,
-            META_PREFIX + "input_size": "dynamic" if args.dynamic else f"{height}x{width}",
+            META_PREFIX + "input_size": f"dynamic, width >= {max_disp}" if args.dynamic else f"{height}x{width}",
             META_PREFIX + "source_sha256": _sha256(model_path),
             META_PREFIX + "config": json.dumps(dataclasses.asdict(model.config), sort_keys=True),
             META_PREFIX + "exporter": exporter,
