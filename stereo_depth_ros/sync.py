@@ -14,7 +14,9 @@ Policies (parameter names and defaults of stereo_image_proc's disparity node):
 
 The image pair is matched by `message_filters` (TimeSynchronizer / ApproximateTimeSynchronizer fed through plain
 SimpleFilter inputs, no node needed) when it is importable, otherwise by a small equivalent here with the same
-rules; `implementation="message_filters" | "builtin"` picks one explicitly. On top of either:
+rules; `implementation="message_filters" | "builtin"` picks one explicitly. After a match both drop the images
+older than it (message_filters would keep and could still pair them), so both give the same pairs
+(tests/test_sync.py checks this on messy streams). On top of either:
 - Output is strictly increasing in time: images not newer than the last pair (late, out of order, duplicated)
   are dropped and counted, so a replayed or reordered stream never produces a pair twice or backwards.
 - camera_info is matched to the pair by stamp with the same policy, but kept out of the image match so that a
@@ -130,8 +132,20 @@ class _MessageFiltersPairMatcher:
             sync = message_filters.ApproximateTimeSynchronizer(list(self._inputs), queue_size, slop_s)
         else:
             sync = message_filters.TimeSynchronizer(list(self._inputs), queue_size)
-        sync.registerCallback(on_pair)
+        sync.registerCallback(self._matched)
         self._sync = sync
+        self._on_pair = on_pair
+
+    def _matched(self, left: Any, right: Any) -> None:
+        # message_filters keeps the messages older than a match until the queue pushes them out, and could still
+        # pair them (backwards in time). Its queues are plain {stamp_ns: msg} dicts (`queues`, one per input, the
+        # same since ROS 1): drop the older entries as the builtin matcher does, so both behave identically.
+        queues = getattr(self._sync, "queues", None)
+        if isinstance(queues, list) and len(queues) == 2 and all(isinstance(q, dict) for q in queues):
+            for queue, limit in zip(queues, (stamp_ns(left), stamp_ns(right))):
+                for s in [s for s in queue if s < limit]:
+                    del queue[s]
+        self._on_pair(left, right)
 
     def add(self, side: int, msg: Any) -> None:
         self._inputs[side].signalMessage(msg)

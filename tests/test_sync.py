@@ -210,3 +210,32 @@ def test_bad_arguments():
 def test_auto_picks_message_filters_when_importable():
     sync = StereoSynchronizer(print)
     assert sync.implementation == ("message_filters" if MF_OK else "builtin")
+
+
+@pytest.mark.skipif(not MF_OK, reason=MF_WHY or "message_filters unavailable")
+@pytest.mark.parametrize("approximate, tolerance", [(False, 0.0), (True, 0.008), (True, 0.0)])
+@pytest.mark.parametrize("seed", range(4))
+def test_builtin_matches_message_filters_on_a_messy_stream(approximate, tolerance, seed):
+    """Jitter, lost images, reordering across topics and sides, duplicates: both give the same pairs."""
+    rng = random.Random(seed)
+    events = []
+    for k in range(60):
+        base = T0 + k * PERIOD
+        for side in ("left", "right"):
+            if rng.random() < 0.1:
+                continue  # lost
+            t = base + (rng.randint(-3 * MS, 3 * MS) if approximate else 0)
+            events.append((base + rng.randint(0, 2 * PERIOD), side, t))  # (arrival, side, stamp)
+            if rng.random() < 0.05:
+                events.append((base + rng.randint(0, 3 * PERIOD), side, t))  # duplicated
+    events.sort()
+    results = {}
+    for impl in ("builtin", "message_filters"):
+        sync, frames = make(impl, approximate=approximate, tolerance_seconds=tolerance, queue_size=4)
+        for _, side, t in events:
+            (sync.add_left_image if side == "left" else sync.add_right_image)(image(t, side))
+        results[impl] = stamps(frames)
+        pairs = results[impl]
+        assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(pairs, pairs[1:])), "output went backwards"
+    assert len(results["builtin"]) > 20
+    assert results["builtin"] == results["message_filters"]
