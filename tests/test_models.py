@@ -231,3 +231,28 @@ def test_checkpoint_with_refused_objects_is_named(tmp_path, student):
     torch.save({"model": student.state_dict(), "config": {}, "rng": np.random.get_state()}, path)
     with pytest.raises(CheckpointError, match="refuses.*Unsupported global"):
         load_model("rt_igev", checkpoint=path)
+
+
+def test_reduced_precision_keeps_lookup_softmax_and_upsampling_in_fp32(monkeypatch, student):
+    """The autocast path, exercised with CPU bfloat16 autocast (no GPU here; on CUDA it is fp16/bf16 autocast).
+
+    The geometry lookup, softmaxes, regression and upsampling must see float32 tensors, and the outputs must
+    stay float32 and close to the float32 run.
+    """
+    left, right = _pair(64, 96)
+    reference = student.predict(left, right, iters=2)
+    seen = []
+    original_call = GeometryEncoding.__call__
+
+    def spy(self, disp):
+        seen.append((self.volume_pyramid[0].dtype, disp.dtype))
+        return original_call(self, disp)
+
+    monkeypatch.setattr(GeometryEncoding, "__call__", spy)
+    monkeypatch.setattr(student, "_autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    disp, conf = student.predict(left, right, iters=2, return_confidence=True)
+    assert seen and all(dtypes == (torch.float32, torch.float32) for dtypes in seen)
+    assert disp.dtype == conf.dtype == torch.float32
+    assert torch.isfinite(disp).all() and 0.0 <= float(conf.min()) and float(conf.max()) <= 1.0
+    print(f"bf16 autocast vs fp32: mean abs {float((disp - reference).abs().mean()):.3f} px")
+    assert float((disp - reference).abs().mean()) < 2.0

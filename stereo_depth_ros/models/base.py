@@ -143,9 +143,9 @@ class IGEVBase(nn.Module):
         num_planes = self.config.max_disp // 4
         image1 = (2 * (left.to(dtype) / 255.0) - 1.0).contiguous()
         image2 = (2 * (right.to(dtype) / 255.0) - 1.0).contiguous()
-        autocast = lambda: self._autocast(image1.device)  # noqa: E731
+        amp = self._autocast(image1.device)  # re-entered for each reduced-precision stretch below
 
-        with autocast():
+        with amp:
             features_left = self.feature(image1)
             features_right = self.feature(image2)
             stem_2x = self.stem_2(image1)
@@ -163,7 +163,7 @@ class IGEVBase(nn.Module):
         prob = F.softmax(logits.to(dtype), dim=1)
         init_disp = disparity_regression(prob)
 
-        with autocast():
+        with amp:
             init_weights = None
             if not test_mode:
                 init_weights = self.spx(self.spx_2(self.spx_4(features_left[0]), stem_2x))
@@ -184,12 +184,12 @@ class IGEVBase(nn.Module):
         for itr in range(iters):
             disp = disp.detach()
             geo_feat = geometry(disp)
-            with autocast():
+            with amp:
                 state, mask_feat, delta_disp = self.update_step(state, geo_feat, disp)
             disp = disp + delta_disp.to(dtype)
             if test_mode and itr < iters - 1:
                 continue
-            with autocast():
+            with amp:
                 gru_logits = self.spx_gru(self.spx_2_gru(mask_feat, stem_2x))
             weights = F.softmax(gru_logits.to(dtype), dim=1)
             predictions.append(context_upsample(disp * 4.0, weights))
