@@ -347,7 +347,7 @@ def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info: Dist
     todo = [batch for batch in batches if not all(sample_complete(out / s.name) for s in batch)]
     progress = tqdm(total=sum(len(b) for b in todo), desc=f"label[{dist_info.rank}]" if dist_info.active else "label",
                     unit="pair", disable=None, file=sys.stderr, position=dist_info.rank)
-    labelled = failed = 0
+    labelled = 0
     for batch in todo:
         lefts, rights, members = [], [], []
         for sample in batch:
@@ -355,8 +355,7 @@ def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info: Dist
             try:
                 left, right = sample.load_pair()
             except DatasetError as error:
-                _record_failure(out / sample.name, str(error))
-                failed += 1
+                _record_failure(out, sample.name, str(error))
                 progress.update(1)
                 continue
             lefts.append(left)
@@ -384,12 +383,14 @@ def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info: Dist
         for name, error in manifest["failures"].items():
             print(f"label: failed {name}: {error}", file=sys.stderr)
         return 1 if manifest["failures"] else 0
-    return 1 if failed else 0
+    # Rank 0 reports every rank's failures; a non-zero exit here could make torchrun stop rank 0 before it has
+    # written the manifest.
+    return 0
 
 
-def _record_failure(folder: Path, error: str) -> None:
-    print(f"label: skipping {folder.name}: {error}", file=sys.stderr)
-    atomic_write_json(folder / FAILURE, {"error": error})
+def _record_failure(out: Path, name: str, error: str) -> None:
+    print(f"label: skipping {name}: {error}", file=sys.stderr)
+    atomic_write_json(out / name / FAILURE, {"error": error})
 
 
 __all__ = ["Thresholds", "add_arguments", "consistency_mask", "label_batch", "plan_batches", "run"]
