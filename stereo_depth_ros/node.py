@@ -15,6 +15,7 @@ published); the node keeps running. Invalid parameters stop it at start-up with 
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import threading
 import time
@@ -324,6 +325,9 @@ def main(args: list[str] | None = None) -> int:
             pass
         return 0
     finally:
+        # A second SIGINT during the clean-up is common (`ros2 launch` forwards one after the terminal's own)
+        # and must not turn a clean exit into a KeyboardInterrupt traceback; the clean-up itself is bounded.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.close()
             node.destroy_node()

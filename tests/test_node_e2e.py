@@ -7,7 +7,10 @@ parameter errors.
 """
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -328,3 +331,20 @@ def test_bad_startup_parameters_exit_with_one_message(tmp_path, params, message)
     assert re.search(message, log), log
     assert "Traceback" not in log
     assert len([line for line in log.splitlines() if "invalid parameters" in line]) == 1, log
+
+
+def test_repeated_sigint_exits_cleanly(tmp_path):
+    # `ros2 launch` forwards a SIGINT to a node that already got the terminal's one: the second arrives during
+    # the clean-up and must not turn a clean exit into a traceback.
+    env = node_env(tmp_path)
+    with start_node(tmp_path, env, {"backend": "opencv_sgbm"}) as node:
+        assert node.wait_for_log("ready", timeout=TIMEOUT), node.log()
+        for _ in range(2):
+            try:
+                os.killpg(node.proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        code = node.wait(timeout=TIMEOUT)
+    assert code == 0, node.log()
+    assert "Traceback" not in node.log()
