@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import cv2
@@ -63,8 +64,20 @@ def throughput(args) -> int:
           f"max_disp {args.max_disp}, batch {args.batch_size}, device {device}, torch threads {torch.get_num_threads()}")
     labels = {}
     for precision in args.precision:
-        model = load_model(args.model, checkpoint=teacher, device=device, precision=precision,
-                           valid_iters=args.iters, max_disp=args.max_disp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "bf16 needs CUDA": handled just below
+            model = load_model(args.model, checkpoint=teacher, device=device, precision=precision,
+                               valid_iters=args.iters, max_disp=args.max_disp)
+        label = precision
+        if precision != "fp32" and device == "cpu":
+            if not args.cpu_autocast:
+                print(f"  {precision}: skipped (needs CUDA; --cpu-autocast emulates it with CPU autocast)")
+                continue
+            # The model applies reduced precision on CUDA only; CPU autocast runs the same stretches in bf16/fp16
+            # so that the precision's effect on the labels can be estimated without a GPU.
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+            model._autocast = lambda _device, dtype=dtype: torch.autocast("cpu", dtype=dtype)
+            label = f"{precision} (CPU autocast)"
         thresholds = Thresholds()
         label_batch(model, left_t, right_t, None, thresholds)  # warm-up: allocator, cudnn autotuning
         started = time.perf_counter()
@@ -72,8 +85,8 @@ def throughput(args) -> int:
             disparity, valid = label_batch(model, left_t, right_t, None, thresholds)
         seconds = time.perf_counter() - started
         pairs = args.repeats * args.batch_size
-        labels[precision] = (disparity[0], valid[0])
-        print(f"  {precision}: {pairs / seconds:.3f} pairs/s ({seconds / pairs:.3f} s/pair over {pairs} pairs), "
+        labels[label] = (disparity[0], valid[0])
+        print(f"  {label}: {pairs / seconds:.3f} pairs/s ({seconds / pairs:.3f} s/pair over {pairs} pairs), "
               f"valid share {valid.mean():.3f}")
         del model
     if len(labels) == 2:
@@ -187,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="one or two precisions; two also give the EPE between their labels")
     parser.add_argument("--repeats", type=int, default=3, help="timed batches per precision")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--cpu-autocast", action="store_true",
+                        help="on CPU, emulate bf16/fp16 with CPU autocast (an estimate of the EPE between precisions)")
     parser.add_argument("--demo-bag", action="store_true", help="the real run: bag -> extract -> label")
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--rate", type=float, default=10.0)
