@@ -70,12 +70,12 @@ def write_data(root: str | Path, pairs: list[ToyPair], with_ground_truth: bool =
 
 
 def write_label(root: str | Path, name: str, disp: np.ndarray, valid: np.ndarray) -> None:
-    """LABELS/<name>/disparity.npy + valid.png, as `stereo-distill label` writes them (for tests without a teacher)."""
+    """LABELS/<name>/ exactly as `stereo-distill label` writes it (for tests that need labels but no teacher)."""
+    from training.label import write_label as write_label_folder
+
     folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "disparity.npy") as tmp:
-        np.save(tmp, np.nan_to_num(disp, nan=0.0).astype(np.float32))
-    _imwrite(folder / "valid.png", np.where(valid, 255, 0).astype(np.uint8))
+    write_label_folder(folder, np.nan_to_num(disp, nan=0.0).astype(np.float32), np.asarray(valid, bool))
 
 
 def write_bag(path: str | Path, pairs: list[ToyPair], left_topic: str, right_topic: str,
