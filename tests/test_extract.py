@@ -91,11 +91,12 @@ def stamps() -> list[tuple[int, int]]:
     return out
 
 
-def write_bag(path, storage: StoragePlugin, corrupt_after: int | None = None) -> dict:
+def write_bag(path, storage: StoragePlugin, corrupt_after: int | None = None, odd_encoding_at: int | None = None) -> dict:
     """A bag with raw topics (encodings cycling per frame), compressed topics and camera_info.
 
     Returns the expected RGB per (frame, side) for raw and compressed topics. With `corrupt_after`, the left raw
-    message of that frame is replaced by bytes that are not a valid CDR Image (a corrupt recording).
+    message of that frame is replaced by bytes that are not a valid CDR Image (a corrupt recording). With
+    `odd_encoding_at`, that frame's left raw image says "yuv422", which the node does not accept.
     """
     expected = {"raw": {}, "compressed": {}}
     with Writer(path, version=9, storage_plugin=storage) as writer:
@@ -118,6 +119,8 @@ def write_bag(path, storage: StoragePlugin, corrupt_after: int | None = None) ->
             for side, stamp in (("left", left_ns), ("right", right_ns)):
                 rgb = _rgb(i, side == "right")
                 msg, expected["raw"][i, side] = _raw_message(rgb, encoding, stamp, f"{side}_optical")
+                if i == odd_encoding_at and side == "left":
+                    msg.encoding = "yuv422"
                 raw = TS.serialize_cdr(msg, "sensor_msgs/msg/Image")
                 if corrupt_after is not None and i == corrupt_after and side == "left":
                     raw = raw[:30]
@@ -263,3 +266,16 @@ def test_match_frames_mutual_nearest_within_tolerance():
     assert [(p.left.index, p.right.index) for p in pairs] == [(0, 0), (2, 2)]
     assert [p.index for p in pairs] == [0, 1]
     assert match_frames(left, right, tolerance_ns=3) == [pairs[1].__class__(0, left[2], right[2])]
+
+
+def test_unconvertible_frame_skips_its_pair_and_the_run_goes_on(tmp_path, capsys):
+    path = tmp_path / "bag"
+    expected = write_bag(path, StoragePlugin.SQLITE3, odd_encoding_at=1)
+    out = tmp_path / "data"
+    rc = run_extract([str(path), "--left-topic", "/cam/left/image_raw", "--right-topic", "/cam/right/image_raw",
+                      "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "6 pairs written" in err and "1 failed" in err and "yuv422" in err
+    names = expected_names()
+    assert open_dataset(out).names() == [n for n in names if n != names[1]]
+    np.testing.assert_array_equal(open_dataset(out)[1].load_left(), expected["raw"][2, "left"])
