@@ -18,9 +18,8 @@ What it does:
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,19 +208,21 @@ def run(args: argparse.Namespace) -> int:
     from stereo_depth_ros.client import (NodeProcess, StereoClient, diagnostic_values, image_message,
                                          isolated_ros_env, node_command, stamp_from_seconds)
 
-    out = Path(args.out)
-    backend, params, why = choose_backend(args.backend, Path(args.weights))
+    out = Path(args.out).resolve()
+    backend, params, why = choose_backend(args.backend, Path(args.weights).resolve())
     print(f"[demo] backend: {backend}: {why}")
     rig = motorcycle_rig(args.width)
     print(f"[demo] Middlebury Motorcycle at {rig.width}x{rig.height}, f = {rig.fx:.2f} px, baseline "
           f"{rig.baseline * 1000:.1f} mm, doffs {rig.doffs:.2f} px; streaming {args.frames} pairs at {args.rate} Hz")
     params.update({"max_disparity": args.max_disparity, "publish_confidence": False})
-    workdir = Path(tempfile.mkdtemp(prefix="stereo_demo_"))
+    # ROS logs and launch temporaries of this run, next to its outputs (out/ is ignored by git).
+    workdir = out / "ros"
+    shutil.rmtree(workdir, ignore_errors=True)
     env = isolated_ros_env(workdir, fastdds_profile=fastdds_profile())
     log_path = workdir / "node.log"
     left_rgb = rig.left
     sent: dict[tuple[int, int], float] = {}
-    with NodeProcess(node_command(params), env, log_path, cwd=REPO) as node, StereoClient(env) as client:
+    with NodeProcess(node_command(params), env, log_path) as node, StereoClient(env) as client:
         if not client.wait_for_node(timeout=60.0):
             node.stop()
             print(f"[demo] the node did not come up; its log ({log_path}):\n{node.log()[-3000:]}", file=sys.stderr)
@@ -308,13 +309,13 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stereo_depth_ros.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "opencv_sgbm"])
-    parser.add_argument("--weights", default=str(REPO / "weights"), help="folder with sceneflow.pth or *.onnx")
+    parser.add_argument("--weights", default="weights", help="folder with sceneflow.pth or *.onnx")
     parser.add_argument("--width", type=int, default=640, help="streamed width (the pair is 741x500 natively)")
     parser.add_argument("--frames", type=int, default=20, help="pairs to stream")
     parser.add_argument("--rate", type=float, default=10.0, help="stream rate in Hz")
     parser.add_argument("--max-disparity", type=int, default=128, help="search range at the streamed width")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the last output")
-    parser.add_argument("--out", default=str(REPO / "out" / "demo"), help="where the PNGs, PLY and metrics go")
+    parser.add_argument("--out", default="out/demo", help="where the PNGs, PLY, metrics and the node's log go")
     args = parser.parse_args(argv)
     if not 64 <= args.width <= 4096:
         parser.error("--width must be in 64..4096")

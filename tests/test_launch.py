@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ros_helpers import REPO, TIMEOUT, StampCounter, StereoRigClient, float_image, node_env, require_ros_tooling, \
+from ros_helpers import REPO, StampCounter, StereoRigClient, float_image, node_env, require_ros_tooling, \
     small_rig
 from stereo_depth_ros.client import NodeProcess, StereoClient
 
