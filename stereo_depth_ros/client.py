@@ -114,15 +114,16 @@ class NodeProcess:
         """Wait until `text` appears in the output (True) or the process exits or time runs out (False)."""
         return self.wait_for_log_regex(re.escape(text), timeout)
 
-    def wait_for_log_regex(self, pattern: str, timeout: float = 30.0) -> bool:
-        """Like wait_for_log, for a regular expression."""
+    def wait_for_log_regex(self, pattern: str, timeout: float = 30.0, start: int = 0) -> bool:
+        """Like wait_for_log, for a regular expression, searching the output from character `start` on
+        (`len(process.log())` taken before an action finds only what the action caused)."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
-            if regex.search(self.log()):
+            if regex.search(self.log(), start):
                 return True
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                return bool(regex.search(self.log()))
+                return bool(regex.search(self.log(), start))
             time.sleep(0.1)
 
     def wait(self, timeout: float) -> int:

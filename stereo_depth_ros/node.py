@@ -97,6 +97,7 @@ class StereoDepthNode(Node):
         self._mailbox: LatestMailbox[_Job] = LatestMailbox()
         self._infos_warned = False
         self._stale_seen = 0
+        self._newest_stamp = {"left": -1, "right": -1}  # newest image stamp (ns) seen per side
         self._hardware_id = ""
 
         self.sync = StereoSynchronizer(
@@ -108,8 +109,10 @@ class StereoDepthNode(Node):
         qos_in = qos_profile_system_default if self.config.use_system_default_qos else qos_profile_sensor_data
         qos_in = QoSProfile(history=qos_in.history, depth=max(self.config.queue_size, 1),
                             reliability=qos_in.reliability, durability=qos_in.durability)
-        self.create_subscription(Image, "left/image_rect", self._image_callback(self.sync.add_left_image), qos_in)
-        self.create_subscription(Image, "right/image_rect", self._image_callback(self.sync.add_right_image), qos_in)
+        self.create_subscription(Image, "left/image_rect", self._image_callback("left", self.sync.add_left_image),
+                                 qos_in)
+        self.create_subscription(Image, "right/image_rect",
+                                 self._image_callback("right", self.sync.add_right_image), qos_in)
         self.create_subscription(CameraInfo, "left/camera_info", self.sync.add_left_info, qos_in)
         self.create_subscription(CameraInfo, "right/camera_info", self.sync.add_right_info, qos_in)
 
@@ -150,16 +153,19 @@ class StereoDepthNode(Node):
             raise StartupError(f"invalid parameters: {exc}", EXIT_BAD_PARAMETERS) from None
 
     # -- callbacks (executor thread) --------------------------------------------------------------------------
-    def _image_callback(self, add):
+    def _image_callback(self, side: str, add):
         def callback(msg: Image) -> None:
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            newest = self._newest_stamp[side]
+            self._newest_stamp[side] = max(newest, stamp)
             add(msg)
             stale = self.sync.stats.dropped_stale
             if stale != self._stale_seen:
                 self._stale_seen = stale
-                self._warn("stale_stamp",
-                           f"image with an out-of-order or duplicated stamp ({msg.header.stamp.sec}."
-                           f"{msg.header.stamp.nanosec:09d} s on {msg.header.frame_id or 'no frame'}) dropped; "
-                           f"{stale} so far")
+                what = "duplicated" if stamp == newest else "out-of-order" if stamp < newest else "late"
+                self._warn(f"stamp:{what}",
+                           f"{side} image dropped, {what} stamp {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}"
+                           f" s (newest seen {newest / 1e9:.9f} s); {stale} stale images so far")
         return callback
 
     def _on_frame(self, frame: StereoFrame) -> None:
