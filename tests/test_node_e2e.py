@@ -15,6 +15,9 @@ import time
 import numpy as np
 import pytest
 
+from rclpy.qos import ReliabilityPolicy, qos_profile_system_default
+from sensor_msgs.msg import Image
+
 from ros_helpers import (SHARED, TIMEOUT, StampCounter, StereoRigClient, float_image, node_env, small_rig,
                          start_node)
 from stereo_depth_ros.client import StereoClient, diagnostic_values, image_message, stamp_from_seconds
@@ -349,3 +352,35 @@ def test_repeated_sigint_exits_cleanly(tmp_path):
         code = node.wait(timeout=TIMEOUT)
     assert code == 0, node.log()
     assert "Traceback" not in node.log()
+
+
+def _input_reliability(client: StereoClient) -> set:
+    policies = set()
+    for topic in ("/left/image_rect", "/right/image_rect", "/left/camera_info", "/right/camera_info"):
+        infos = [i for i in client.node.get_subscriptions_info_by_topic(topic) if i.node_name == "stereo_depth_node"]
+        assert infos, f"stereo_depth_node does not subscribe to {topic}"
+        policies |= {ReliabilityPolicy(i.qos_profile.reliability) for i in infos}
+    return policies
+
+
+def test_input_qos_is_sensor_data_by_default(sgbm):
+    node, rc = sgbm
+    assert _input_reliability(rc.client) == {ReliabilityPolicy.BEST_EFFORT}
+
+
+def test_use_system_default_qos_takes_the_rmw_defaults(tmp_path):
+    # As in stereo_image_proc, the switch means "the RMW's default QoS", not a fixed policy. (Fast DDS's default
+    # for a reader is best effort, so here the observable difference is nil; other RMWs differ.)
+    env = node_env(tmp_path)
+    params = {"backend": "opencv_sgbm", "max_disparity": 64, "use_system_default_qos": True}
+    with start_node(tmp_path, env, params) as node, StereoClient(env) as client:
+        assert client.wait_for_node(TIMEOUT), node.log()
+        assert node.wait_for_log("system default QoS", timeout=5.0), node.log()
+        probe = client.node.create_subscription(Image, "/qos_probe", lambda msg: None, qos_profile_system_default)
+        expected = {ReliabilityPolicy(i.qos_profile.reliability)
+                    for i in client.node.get_subscriptions_info_by_topic("/qos_probe")}
+        client.node.destroy_subscription(probe)
+        assert _input_reliability(client) == expected
+        rc = StereoRigClient(client, small_rig(256), StampCounter())
+        rc.expect_output(rc.publish_valid(info_lead=0.3), "depth")
+        assert node.stop() == 0, node.log()
