@@ -5,7 +5,8 @@
     .venv/bin/python bench/models.py --compile --channels-last   # extra rows with those variants
 
 Prints a markdown table. Latency: median of --repeats timed `predict` calls after --warmup untimed ones
-(CUDA synchronised). Peak memory: torch.cuda.max_memory_allocated on CUDA; on the CPU the growth of the
+(CUDA synchronised); CPU ms: median process CPU time per call (all threads), a steadier figure than wall
+time when other jobs share the cores. Peak memory: torch.cuda.max_memory_allocated on CUDA; on the CPU the growth of the
 process's resident set over its level before the first (warm-up) call, sampled every 2 ms from /proc (an estimate:
 the allocator may reuse pages already resident). Seeded random weights: speed does not depend on them.
 Iterations: the model's config `valid_iters` (upstream's evaluation setting) unless --iters is given.
@@ -44,6 +45,7 @@ class Row:
     iters: int
     median_ms: float
     min_ms: float
+    cpu_ms: float
     peak_mib: float
 
 
@@ -127,18 +129,19 @@ def bench_one(name, height, width, precision, device, args, compile_, channels_l
     else:
         # started before the warm-up: the first call grows the heap, later calls reuse it
         meter = RssSampler()
-    times = []
+    times, cpu_times = [], []
     with meter:
         for _ in range(args.warmup):
             call()
         for _ in range(args.repeats):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             call()
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     peak = torch.cuda.max_memory_allocated(device) if cuda else meter.growth_bytes
     variant = "+".join(v for v, on in (("compile", compile_), ("channels_last", channels_last)) if on) or "eager"
     return Row(name, f"{height}x{width}", precision, variant, iters,
-               1e3 * statistics.median(times), 1e3 * min(times), peak / 2**20)
+               1e3 * statistics.median(times), 1e3 * min(times), 1e3 * statistics.median(cpu_times), peak / 2**20)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -190,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device_name = f"CPU, {args.threads} threads (torch {torch.__version__})"
     print(f"device: {device_name}\n")
-    print("| model | size (HxW) | precision | variant | iters | median ms | min ms | peak MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | size (HxW) | precision | variant | iters | median ms | min ms | CPU ms | peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in models:
         sizes = args.sizes or (SIZES if (cuda or args.all_sizes) else CPU_DEFAULT_SIZES).get(name, [(480, 640)])
         for height, width in sizes:
@@ -202,10 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                     except Exception as exc:  # one failing variant (e.g. compile) must not hide the other rows
                         print(f"| {name} | {height}x{width} | {precision} | "
                               f"{'compile' if compile_ else ''}{'channels_last' if channels_last else ''} | "
-                              f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} |||||")
+                              f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} ||||||")
                         continue
                     print(f"| {row.model} | {row.size} | {row.precision} | {row.variant} | {row.iters} | "
-                          f"{row.median_ms:.1f} | {row.min_ms:.1f} | {row.peak_mib:.0f} |", flush=True)
+                          f"{row.median_ms:.1f} | {row.min_ms:.1f} | {row.cpu_ms:.0f} | {row.peak_mib:.0f} |", flush=True)
     return 0
 
 
