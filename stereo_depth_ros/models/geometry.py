@@ -51,7 +51,7 @@ class GeometryEncoding:
             self.volume_pyramid.append(rows)
 
         self.corr_pyramid: list[torch.Tensor] = []
-        self.columns: torch.Tensor | None = None
+        self.columns: torch.Tensor | None = None  # [B*H*W, 1, 1, 1]: each pixel's own x
         if left is not None:
             corr = torch.matmul(left.permute(0, 2, 3, 1), right.permute(0, 2, 1, 3))  # [B, H, W, W']
             rows = corr.reshape(b * h * w, 1, 1, right.shape[-1])
@@ -59,14 +59,15 @@ class GeometryEncoding:
             for _ in range(num_levels - 1):
                 rows = F.avg_pool2d(rows, (1, 2), stride=(1, 2))
                 self.corr_pyramid.append(rows)
-            self.columns = torch.arange(w, dtype=left.dtype, device=left.device).view(1, 1, w).expand(b, h, w)
+            x = torch.arange(w, dtype=left.dtype, device=left.device)
+            self.columns = x.view(1, 1, w).expand(b, h, w).reshape(b * h * w, 1, 1, 1)
 
     def __call__(self, disp: torch.Tensor) -> torch.Tensor:
         b, _, h, w = disp.shape
         r = self.radius
         taps = torch.arange(-r, r + 1, dtype=disp.dtype, device=disp.device).view(1, 1, 2 * r + 1, 1)
         flat_disp = disp.reshape(b * h * w, 1, 1, 1)
-        flat_cols = None if self.columns is None else self.columns.reshape(b * h * w, 1, 1, 1).to(disp.dtype)
+        flat_cols = None if self.columns is None else self.columns.to(disp.dtype)
         out = []
         for level in range(self.num_levels):
             scale = 2**level
