@@ -137,3 +137,39 @@ def test_default_config_is_upstream_middlebury_setting() -> None:
     assert model.name == "selective_igev"
     assert model.config.valid_iters == 80
     assert model.config.max_disp == 768
+
+
+def test_confidence_in_unit_range_on_padded_case() -> None:
+    case = _case("case_pad")
+    model = _model(_max_disp(case), torch.float32)
+    left, right = torch.from_numpy(case["left"]), torch.from_numpy(case["right"])
+    with torch.inference_mode():
+        disp, conf = model.predict(left, right, iters=int(case["iters"]), return_confidence=True)
+    assert disp.shape == conf.shape == (1, 1, 181, 243)
+    assert float(conf.min()) >= 0.0 and float(conf.max()) <= 1.0
+    # the disparity is the same whether or not confidence is asked for
+    assert float(np.abs(disp.double().numpy() - case["disp_test"]).max()) <= TOL_TEST
+
+
+def test_overrides_are_validated() -> None:
+    with pytest.raises(ValueError, match="n_gru_layers"):
+        load_model("selective_igev", n_gru_layers=1)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        load_model("selective_igev", max_disp=200)
+    with pytest.raises(ValueError, match="hidden_dims"):
+        load_model("selective_igev", hidden_dims=[128, 96, 128])
+
+
+def test_training_checkpoint_round_trip(tmp_path: Path) -> None:
+    from stereo_depth_ros.models.checkpoint import save_checkpoint
+
+    model = _model(192, torch.float32)
+    path = tmp_path / "teacher.pth"
+    save_checkpoint(path, model, step=7)
+    loaded = load_model("selective_igev", checkpoint=path)
+    assert loaded.config == model.config  # max_disp 192 comes back from the file, not the default 768
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    # the student cannot load it: one clear error, not a stack of tensor errors
+    with pytest.raises(ValueError, match="selective_igev"):
+        load_model("rt_igev", checkpoint=path)
