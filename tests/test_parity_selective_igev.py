@@ -173,3 +173,13 @@ def test_training_checkpoint_round_trip(tmp_path: Path) -> None:
     # the student cannot load it: one clear error, not a stack of tensor errors
     with pytest.raises(ValueError, match="selective_igev"):
         load_model("rt_igev", checkpoint=path)
+
+
+def test_two_gru_levels_run_in_both_modes() -> None:
+    # upstream supports n_gru_layers=2 (no 1/16 level); the fixture covers 3, this covers the other branch
+    model = load_model("selective_igev", n_gru_layers=2, max_disp=64, valid_iters=2)
+    assert not hasattr(model.update_block, "gru16")
+    image = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0)) * 255
+    assert model.predict(image, image).shape == (1, 1, 64, 96)
+    init, preds = model.train()(image, image, iters=2)
+    assert init.shape == (1, 1, 64, 96) and len(preds) == 2 and torch.isfinite(preds[-1]).all()
