@@ -27,8 +27,17 @@ test: venv
 demo: venv
 	$(PY) -m stereo_depth_ros.demo
 
+# Benchmarks print figures; on a machine with a GPU they measure it, here the CPU.
 bench: venv
 	$(PY) bench/models.py
+	$(PY) bench/node.py
+	$(PY) bench/node_e2e.py transport
+	$(PY) bench/train.py
+	$(PY) bench/label.py
+
+# The whole distillation loop at toy scale on CPU: rosbag -> extract -> label -> train -> eval -> export -> node.
+loop: venv
+	$(PY) -m training.loop --config config/distill.yaml
 
 clean:
 	rm -rf $(VENV) build install log *.egg-info
