@@ -126,8 +126,9 @@ class NodeConfig:
             raise ConfigError(f"parameter iters: must be >= 0 (0 = model default), got {self.iters}")
         if self.max_disparity <= 0:
             raise ConfigError(f"parameter max_disparity: must be positive, got {self.max_disparity}")
-        if self.backend == "torch" and (self.max_disparity % 4 or self.max_disparity < 16):
-            raise ConfigError(f"parameter max_disparity: the torch networks need a multiple of 4 >= 16, got "
+        # The IGEV cost volume has max_disparity/4 planes that the 3D hourglass halves three times.
+        if self.backend == "torch" and self.max_disparity % 32:
+            raise ConfigError(f"parameter max_disparity: the torch networks need a multiple of 32, got "
                               f"{self.max_disparity}")
         if (self.input_width == 0) != (self.input_height == 0):
             raise ConfigError("parameters input_width/input_height: set both (working resolution) or neither (0)")
