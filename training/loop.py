@@ -118,8 +118,7 @@ def run_loop(params: dict[str, Any], work_dir: Path | None = None, steps: int | 
 
     # 3. label
     _stage("label", ["label", str(data), "--teacher", teacher_ckpt, "--out", str(labels),
-                     "--iters", str(params["teacher.iters"]), "--max-disp", str(params["teacher.max_disp"]),
-                     "--device", "cpu"], timings)
+                     "--iters", str(params["teacher.iters"]), "--max-disp", str(params["teacher.max_disp"])], timings)
 
     # 4. train
     seed, val_fraction = str(params["train.seed"]), str(params["train.val_fraction"])
@@ -137,7 +136,12 @@ def run_loop(params: dict[str, Any], work_dir: Path | None = None, steps: int | 
 
     # 5. evaluate student after vs before vs teacher on the held-out pairs, against labels and ground truth
     results = {}
-    split = ["--split", "val", "--seed", seed, "--val-fraction", val_fraction, "--iters", str(params["student.iters"])]
+    import torch
+
+    # Without CUDA, keep onnxruntime on its CPU provider (no GPU-provider fallback noise).
+    device = ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
+    split = ["--split", "val", "--seed", seed, "--val-fraction", val_fraction, "--iters", str(params["student.iters"]),
+             *device]
     references = ["labels"] + (["ground_truth"] if toy_pairs is not None else [])
     for reference in references:
         out_json = work / f"eval_{reference}.json"
