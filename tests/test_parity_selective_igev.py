@@ -118,8 +118,13 @@ def test_parity_float32(case_name: str, output: str, tol: float) -> None:
     assert diff <= tol, f"{case_name}/{output}: max abs diff {diff:.3e} px > {tol:.0e}"
 
 
-@pytest.mark.parametrize(("case_name", "output", "tol"), CASES,
-                         ids=[f"{c}-{o}" for c, o, _ in CASES])
+# float64 runs without oneDNN (about 5x slower on the CPU): the max_disp 768 case repeats case_a's code
+# path with more planes at ~1 min, so float64 covers the other cases only.
+F64_CASES = [c for c in CASES if c[0] != "case_a_maxdisp768"]
+
+
+@pytest.mark.parametrize(("case_name", "output", "tol"), F64_CASES,
+                         ids=[f"{c}-{o}" for c, o, _ in F64_CASES])
 def test_parity_float64(case_name: str, output: str, tol: float) -> None:
     got, expected32 = _run(case_name, output, torch.float64)
     case = _case(case_name)
