@@ -7,7 +7,6 @@ Under torchrun every rank takes its share of the same global batch (gloo on CPU,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
