@@ -1,7 +1,7 @@
 """`stereo-distill`: the offline distillation command line.
 
-Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`; modules are
-imported only when their subcommand runs, so `stereo-distill extract` works without the training extras.
+Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`. Only the module of
+the subcommand being run is imported, so `stereo-distill extract` does not pay for importing torch.
 """
 from __future__ import annotations
 
@@ -22,10 +22,14 @@ class CliError(Exception):
     """Bad input that the user can fix: printed as one line, exit status 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser of `command` (every subcommand's when None); the others are listed by name and help only."""
     parser = argparse.ArgumentParser(prog="stereo-distill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
+        if command is not None and name != command:
+            sub.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(module_name)
         sub_parser = sub.add_parser(name, help=help_text, description=module.__doc__)
         module.add_arguments(sub_parser)
@@ -34,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    # An unknown or missing command still gets argparse's own message and the list of commands.
+    args = build_parser(command if command in SUBCOMMANDS else "").parse_args(argv)
     try:
         return int(args._module.run(args) or 0)
     except CliError as error:
@@ -46,4 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the package import, so that CliError raised by the subcommand modules is this module's CliError
+    # (under `python -m` this file would otherwise be loaded twice, as __main__ and as training.cli).
+    from training.cli import main as _main
+
+    sys.exit(_main())
