@@ -33,6 +33,7 @@ bench: venv
 	$(PY) bench/node.py
 	$(PY) bench/node_e2e.py transport
 	$(PY) bench/train.py
+	$(PY) bench/export.py
 	$(PY) bench/label.py
 
 # The whole distillation loop at toy scale on CPU: rosbag -> extract -> label -> train -> eval -> export -> node.
