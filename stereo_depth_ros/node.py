@@ -248,7 +248,9 @@ class StereoDepthNode(Node):
         unconfident = confidence < threshold if (confidence is not None and threshold > 0.0) else None
         fields = disparity_image_fields(disparity, camera, self.config.max_disparity * width / work_w,
                                         invalid=unconfident)
-        msg = DisparityImage()
+        # check_fields=True lets rclpy keep the array.array payloads as they are instead of copying them again.
+        msg = DisparityImage(check_fields=True)
+        msg.image = Image(check_fields=True)
         msg.header = header
         msg.image.header = header
         fill_disparity_image(msg, fields)
@@ -257,18 +259,18 @@ class StereoDepthNode(Node):
         if camera is not None:
             depth = disparity_to_depth(disparity, camera, confidence, threshold)
             valid_share = float(np.count_nonzero(np.isfinite(depth))) / depth.size
-            depth_msg = array_to_image(depth, "32FC1", Image())
+            depth_msg = array_to_image(depth, "32FC1", Image(check_fields=True))
             depth_msg.header = header
             self.pub_depth.publish(depth_msg)
             if self.pub_points is not None and self.pub_points.get_subscription_count() > 0:
-                cloud = fill_pointcloud2(PointCloud2(), cloud_array(depth, camera, left), PointField)
+                cloud = fill_pointcloud2(PointCloud2(check_fields=True), cloud_array(depth, camera, left), PointField)
                 cloud.header = header
                 self.pub_points.publish(cloud)
         else:
             valid_share = float(np.count_nonzero(np.isfinite(disparity))) / disparity.size
         if (self.pub_confidence is not None and confidence is not None
                 and self.pub_confidence.get_subscription_count() > 0):
-            conf_msg = array_to_image(np.ascontiguousarray(confidence, np.float32), "32FC1", Image())
+            conf_msg = array_to_image(np.ascontiguousarray(confidence, np.float32), "32FC1", Image(check_fields=True))
             conf_msg.header = header
             self.pub_confidence.publish(conf_msg)
 
