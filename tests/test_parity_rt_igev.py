@@ -6,41 +6,29 @@ after `model.double()`. Run `python tests/test_parity_rt_igev.py` (or pytest -s)
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from stereo_depth_ros.models import load_model
+from parity_support import fixture_dir, load_case, report_figures, skip_without_fixture
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "parity" / "rt_igev"
+FIXTURE = fixture_dir("rt_igev")
 TOL_F32 = 3e-4
 TOL_F64 = 1e-6
 
-pytestmark = pytest.mark.skipif(
-    not (FIXTURE / "weights.pth").is_file(),
-    reason=f"parity fixture not found at {FIXTURE} (it lives beside the repo in ../shared)",
-)
+pytestmark = skip_without_fixture(FIXTURE)
 
 FIGURES: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads_and_report():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
-    yield
-    torch.set_num_threads(previous)
-    if FIGURES:
-        print("\nrt_igev parity, max abs diff (disparities in px):")
-        for key in sorted(FIGURES):
-            print(f"  {key:32s} {FIGURES[key]:.3e}")
+    yield from report_figures("rt_igev parity", FIGURES)
 
 
 def _case(name: str) -> dict[str, np.ndarray]:
-    with np.load(FIXTURE / f"{name}.npz") as data:
-        return {k: data[k] for k in data.files}
+    return load_case(FIXTURE, name)
 
 
 def _model(double: bool = False):

@@ -24,12 +24,11 @@ import pytest
 import torch
 
 from stereo_depth_ros.models import load_model
+from parity_support import fixture_dir, load_case, report_figures, skip_without_fixture
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "parity" / "selective_igev"
+FIXTURE = fixture_dir("selective_igev")
 
-pytestmark = pytest.mark.skipif(
-    not (FIXTURE / "weights.pth").is_file(),
-    reason=f"parity fixture not found at {FIXTURE} (it lives beside the repo in ../shared)")
+pytestmark = skip_without_fixture(FIXTURE)
 
 TOL_TEST = 3e-4
 TOL_TRAIN = 1e-2
@@ -51,19 +50,11 @@ FIGURES: dict[str, float] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads_and_report():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
-    yield
-    torch.set_num_threads(previous)
-    if FIGURES:
-        print("\nselective_igev parity, max abs diff (px):")
-        for key in sorted(FIGURES):
-            print(f"  {key}: {FIGURES[key]:.3e}")
+    yield from report_figures("selective_igev parity", FIGURES)
 
 
 def _case(name: str) -> dict[str, np.ndarray]:
-    with np.load(FIXTURE / f"{name}.npz") as data:
-        return {key: data[key] for key in data.files}
+    return load_case(FIXTURE, name)
 
 
 def _max_disp(case: dict[str, np.ndarray]) -> int:

@@ -11,7 +11,6 @@ The file is written only after onnxruntime has run it and matched PyTorch within
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from training.cli import CliError
+from training.provenance import sha256_file
 
 OPSET = 17
 META_PREFIX = "stereo_depth_ros."
@@ -220,14 +220,6 @@ def verify(path: Path, reference_model, iters: int, sizes: list[tuple[int, int]]
 
 
 # ------------------------------------------------------------------------------------------------------ run
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run(args) -> int:
     import torch
 
@@ -284,7 +276,7 @@ def run(args) -> int:
             META_PREFIX + "model": "rt_igev",
             META_PREFIX + "precision": args.precision,
             META_PREFIX + "input_size": f"dynamic, width >= {max_disp}" if args.dynamic else f"{height}x{width}",
-            META_PREFIX + "source_sha256": _sha256(model_path),
+            META_PREFIX + "source_sha256": sha256_file(model_path),
             META_PREFIX + "config": json.dumps(dataclasses.asdict(model.config), sort_keys=True),
             META_PREFIX + "exporter": exporter,
         })

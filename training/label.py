@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import numpy as np
 
 from stereo_depth_ros.atomic_io import atomic_path, atomic_write, atomic_write_json
 from training.cli import CliError
+from training.provenance import sha256_file, software_versions
 
 MANIFEST = "manifest.json"
 RECORD = "label.json"  # written last: marks a sample complete
@@ -116,23 +115,6 @@ def label_batch(model, left, right, iters: int | None, thresholds: Thresholds):
 
 
 # ------------------------------------------------------------------------------------------------ bookkeeping
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def software_versions() -> dict:
-    import torch
-
-    import stereo_depth_ros
-
-    return {"stereo_depth_ros": stereo_depth_ros.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
-
-
 def settings_of(model, checkpoint: Path, checkpoint_sha: str, thresholds: Thresholds) -> dict:
     """What makes labels comparable: LABELS holds labels of exactly one of these.
 

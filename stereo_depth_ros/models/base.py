@@ -12,6 +12,7 @@ fp16 NaNs. The weights' dtype is the compute dtype, so `model.double()` runs flo
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -44,7 +45,7 @@ class ForwardResult:
     confidence: torch.Tensor | None = None  # full-res 0..1, when asked for
 
 
-class IGEVBase(nn.Module):
+class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
     """Shared trunk. Subclasses are registered with `@register_model(name)` and set `config_class`."""
 
     name: ClassVar[str] = ""
@@ -75,16 +76,16 @@ class IGEVBase(nn.Module):
         self.spx_gru = nn.Sequential(nn.ConvTranspose2d(2 * 32, 9, kernel_size=4, stride=2, padding=1))
 
     # ---- hooks -------------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def init_state(self, image_left: torch.Tensor, features_left: list[torch.Tensor]) -> Any:
         """Recurrent state (hidden state, context, ...) before the first iteration; runs under autocast.
 
         image_left: normalised [B, 3, H, W]; features_left[0]: [B, 96, H/4, W/4] (Feature x4 + stem_4).
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def update_step(self, state: Any, geo_feat: torch.Tensor, disp: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """One GRU iteration -> (state, mask_feat [B, 32, H/4, W/4], delta_disp [B, 1, H/4, W/4])."""
-        raise NotImplementedError
 
     def filter_cost_volume(self, volume: torch.Tensor, features_left: list[torch.Tensor]) -> torch.Tensor:
         """Optional processing of the raw [B, 8, D, H/4, W/4] volume before the hourglass."""
