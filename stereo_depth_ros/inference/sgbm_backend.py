@@ -61,16 +61,25 @@ class SgbmEstimator(StereoEstimator):
             return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         return image
 
+    def _match(self, reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+        """Disparity (px) of every column of `reference`, matched against `other` shifted to the left.
+
+        OpenCV gives no result for the first numDisparities columns, even where the true disparity is small
+        enough for a match to exist; a replicated border of that width moves the blind strip out of the image.
+        """
+        pad = self.num_disparities
+        padded = [cv2.copyMakeBorder(image, 0, 0, pad, 0, cv2.BORDER_REPLICATE) for image in (reference, other)]
+        return self.matcher.compute(*padded)[:, pad:].astype(np.float32) / FIXED_POINT
+
     def estimate(self, left: np.ndarray, right: np.ndarray) -> StereoEstimate:
         if left.shape != right.shape:
             raise ValueError(f"left {left.shape} and right {right.shape} differ in shape")
         gl, gr = self._gray(left), self._gray(right)
         height, width = gl.shape
-        disp_left = self.matcher.compute(gl, gr).astype(np.float32) / FIXED_POINT
+        disp_left = self._match(gl, gr)
         # The right view's disparity: match the mirrored pair, then mirror back.
-        disp_right = self.matcher.compute(
-            np.ascontiguousarray(gr[:, ::-1]), np.ascontiguousarray(gl[:, ::-1]))[:, ::-1].astype(np.float32)
-        disp_right /= FIXED_POINT
+        disp_right = np.ascontiguousarray(
+            self._match(np.ascontiguousarray(gr[:, ::-1]), np.ascontiguousarray(gl[:, ::-1]))[:, ::-1])
         valid = disp_left > 0  # invalid pixels come back as (minDisparity - 1) * 16
         columns = np.arange(width, dtype=np.float32)[None, :] - np.where(valid, disp_left, 0.0)
         target = np.clip(np.rint(columns), 0, width - 1).astype(np.intp)
