@@ -7,7 +7,7 @@ fixed disparity map (standing in for the network's output). Publishing itself (D
 publish makes. Prints a table of medians in milliseconds per resolution.
 
     .venv/bin/python bench/node.py [--frames 50] [--sizes 640x480 1280x720] [--encoding bgr8]
-    .venv/bin/python bench/node.py --inference opencv_sgbm torch [--model-path weights/rt_igev.pth]
+    .venv/bin/python bench/node.py --inference opencv_sgbm torch [--model-path weights/sceneflow.pth]
 
 With --inference, also times the estimators themselves on the same sizes (torch without --model-path runs the
 seeded random init: the speed is the same as with trained weights).

@@ -54,7 +54,7 @@ class NodeConfig:
     backend: str = _param("torch", "Estimator backend: torch | onnxruntime | opencv_sgbm (weight-free baseline)")
     model: str = _param("rt_igev", "Network for the torch backend: rt_igev (real-time student) | selective_igev")
     model_path: str = _param(
-        "weights/rt_igev.pth",
+        "weights/sceneflow.pth",
         "Checkpoint (.pth, torch) or ONNX file (onnxruntime); relative paths are from the working directory")
     device: str = _param("auto", "torch device: auto (cuda when available, else cpu) | cpu | cuda | cuda:N")
     precision: str = _param("fp32", "Inference precision: fp32 | fp16 | bf16 (CPU always runs fp32)")

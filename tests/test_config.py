@@ -118,7 +118,7 @@ def test_rclpy_own_parameters_are_allowed_in_params_files():
 def test_int_accepted_for_float_and_estimator_options():
     cfg = NodeConfig.from_dict({"approximate_sync_tolerance_seconds": 1, "iters": 4})
     assert cfg.approximate_sync_tolerance_seconds == 1.0
-    assert estimator_options(cfg) == {"model": "rt_igev", "model_path": "weights/rt_igev.pth", "device": "auto",
+    assert estimator_options(cfg) == {"model": "rt_igev", "model_path": "weights/sceneflow.pth", "device": "auto",
                                       "precision": "fp32", "iters": 4, "max_disparity": 192}
     assert estimator_options(NodeConfig.from_dict({"iters": 0}))["iters"] is None
     assert estimator_options(NodeConfig(backend="opencv_sgbm")) == {"max_disparity": 192, "block_size": 5}
