@@ -101,8 +101,11 @@ class StereoCamera:
             if k_left is None or not np.any(k_left):
                 raise CameraGeometryError("left camera_info has neither a projection P nor intrinsics K")
             intrinsics = k_left
+            # The unrectified K's principal point is not comparable with P_right's: assume no offset.
+            cx_right = None
         else:
             intrinsics = p_left[:, :3]
+            cx_right = float(p_right[0, 2])
         if not np.all(np.isfinite(intrinsics)):
             raise CameraGeometryError("left camera_info projection contains NaN or infinity")
         fy = float(intrinsics[1, 1])
@@ -114,7 +117,7 @@ class StereoCamera:
             cx=float(intrinsics[0, 2]),
             cy=float(intrinsics[1, 2]),
             baseline=baseline,
-            cx_right=float(p_right[0, 2]),
+            cx_right=cx_right,
             width=int(getattr(left_info, "width", 0) or 0),
             height=int(getattr(left_info, "height", 0) or 0),
         )

@@ -43,7 +43,7 @@ from stereo_depth_ros.camera_geometry import (
     resize_pair,
     working_size,
 )
-from stereo_depth_ros.config import ConfigError, NodeConfig, estimator_options
+from stereo_depth_ros.config import ConfigError, NodeConfig, estimator_options, is_ros_own_parameter
 from stereo_depth_ros.diagnostics import FrameStats, Throttle, format_value, summary_line
 from stereo_depth_ros.image_conversion import ImageConversionError, array_to_image, image_to_rgb
 from stereo_depth_ros.inference import create_estimator
@@ -144,7 +144,9 @@ class StereoDepthNode(Node):
             self.declare_parameter(name, default, descriptor)
         values = {name: self.get_parameter(name).value for name in defaults}
         overrides = getattr(self, "_parameter_overrides", {})
-        unknown = sorted(name for name in overrides if not self.has_parameter(name))
+        # rclpy's own parameters (use_sim_time, qos_overrides.*) may sit in a shared params file.
+        unknown = sorted(name for name in overrides
+                         if not self.has_parameter(name) and not is_ros_own_parameter(name))
         try:
             if unknown:
                 raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(defaults)}")

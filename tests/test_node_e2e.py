@@ -390,3 +390,16 @@ def test_use_system_default_qos_takes_the_rmw_defaults(tmp_path):
         rc = StereoRigClient(client, small_rig(256), StampCounter())
         rc.expect_output(rc.publish_valid(info_lead=0.3), "depth")
         assert node.stop() == 0, node.log()
+
+
+def test_ros_own_parameters_in_the_params_file_are_accepted(tmp_path):
+    # A params file shared with other nodes may set rclpy's own parameters (QoS overrides, use_sim_time); they
+    # are not ours to refuse, while a misspelt parameter of ours still is (test above).
+    env = node_env(tmp_path)
+    params = {"backend": "opencv_sgbm", "use_sim_time": False,
+              "qos_overrides./left/image_rect.subscription.depth": 7}
+    with start_node(tmp_path, env, params) as node:
+        assert node.wait_for_log("ready", timeout=TIMEOUT), node.log()
+        os.killpg(node.proc.pid, signal.SIGINT)
+        code = node.wait(timeout=TIMEOUT)
+    assert code == 0, node.log()
