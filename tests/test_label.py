@@ -258,3 +258,16 @@ def test_consistency_mask_range_and_border():
     # x0: d=0 at/below min; x1: warps to -1 (outside); x2: 2 vs dR(0)=2 ok; x3: 2 vs dR(1)=2 ok;
     # x4: d=9 above max; x5: warps to 2.5 -> dR 2.25, |2.5-2.25| ok.
     assert got.tolist() == [[[False, False, True, True, False, True]]]
+
+
+def test_consistency_mask_distrusts_non_finite_teacher_values():
+    import torch
+
+    from training.label import Thresholds, consistency_mask
+
+    disp = torch.full((1, 4, 8), 2.0)
+    disp[0, 1, 3] = float("nan")
+    disp[0, 2, 5] = float("inf")
+    mask = consistency_mask(disp, disp.clone(), Thresholds(), 192.0)
+    assert not mask[0, 1, 3] and not mask[0, 2, 5]
+    assert mask[0, 0, 2:].all()  # finite, consistent pixels whose match lies inside the image stay trusted

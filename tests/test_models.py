@@ -256,3 +256,13 @@ def test_reduced_precision_keeps_lookup_softmax_and_upsampling_in_fp32(monkeypat
     assert torch.isfinite(disp).all() and 0.0 <= float(conf.min()) and float(conf.max()) <= 1.0
     print(f"bf16 autocast vs fp32: mean abs {float((disp - reference).abs().mean()):.3f} px")
     assert float((disp - reference).abs().mean()) < 2.0
+
+
+def test_saved_checkpoint_does_not_carry_the_training_precision(tmp_path):
+    # bf16 training must not make every later load of the file run in bf16: the loader's caller chooses.
+    model = load_model("rt_igev")
+    model.config = dataclasses.replace(model.config, precision="bf16")
+    path = tmp_path / "trained.pth"
+    save_checkpoint(path, model, step=1)
+    assert read_checkpoint(path).config["precision"] == "fp32"
+    assert model.config.precision == "bf16"  # the live model is left as it was

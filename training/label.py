@@ -79,7 +79,9 @@ def consistency_mask(disp_left, disp_right, thresholds: Thresholds, max_disp: fl
 
     width = disp_left.shape[-1]
     xs = torch.arange(width, device=disp_left.device, dtype=disp_left.dtype).expand_as(disp_left)
-    x_right = xs - disp_left
+    # A non-finite teacher value (fp16 overflow) must not become an out-of-range gather index: it is sent outside
+    # the image, so the pixel is simply not trusted.
+    x_right = torch.nan_to_num(xs - disp_left, nan=-1.0, posinf=-1.0, neginf=-1.0)
     inside = (x_right >= 0) & (x_right <= width - 1)
     x_clamped = x_right.clamp(0, width - 1)
     x0 = x_clamped.floor()
