@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", nargs=2, metavar=("TEACHER", "STUDENT_BEFORE"), default=None,
                         help="also evaluate these two checkpoints on the same pairs and write a side-by-side picture")
     parser.add_argument("--teacher-iters", type=int, default=None, help="GRU iterations of the --compare teacher")
+    parser.add_argument("--teacher-max-disp", type=int, default=None,
+                        help="max_disp of the --compare teacher (--max-disp applies to the students only)")
     parser.add_argument("--report", default=None,
                         help="PNG of the side-by-side comparison (default: next to --out, else ./compare.png)")
 
@@ -280,7 +282,7 @@ def run(args) -> int:
     result, kept = evaluate_model(model, pairs, reference, keep_predictions=n_keep)
     if args.compare:
         teacher_path, before_path = args.compare
-        teacher = load_predictor(teacher_path, "auto", args.teacher_iters, args.max_disp, args.device)
+        teacher = load_predictor(teacher_path, "auto", args.teacher_iters, args.teacher_max_disp, args.device)
         before = load_predictor(before_path, args.arch, args.iters, args.max_disp, args.device)
         teacher_res, teacher_kept = evaluate_model(teacher, pairs, reference, n_keep)
         before_res, before_kept = evaluate_model(before, pairs, reference, n_keep)

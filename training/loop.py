@@ -148,7 +148,7 @@ def run_loop(params: dict[str, Any], work_dir: Path | None = None, steps: int | 
         _stage(f"eval_{reference}", [
             "eval", "--model", str(last), "--data", str(data), "--labels", str(labels), "--reference", reference,
             *split, "--compare", teacher_ckpt, student_ckpt, "--teacher-iters", str(params["teacher.iters"]),
-            "--max-disp", str(params["teacher.max_disp"]), "--out", str(out_json),
+            "--teacher-max-disp", str(params["teacher.max_disp"]), "--out", str(out_json),
         ], timings)
         results[reference] = json.loads(out_json.read_text())
 
