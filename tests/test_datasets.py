@@ -219,3 +219,22 @@ def test_calibration_from_camera_info_message_fields():
     right = {"width": 640, "height": 480, "p": [400.0, 0, 320.0, -400.0 * 0.07, 0, 400.0, 240.0, 0, 0, 0, 1, 0]}
     cal = StereoCalibration.from_camera_info(left, right)
     assert cal.baseline == pytest.approx(0.07) and (cal.width, cal.height) == (640, 480)
+
+
+def test_degenerate_camera_info_does_not_block_the_images(tmp_path, capsys):
+    # Labelling and training never use the calibration: a zero right projection warns and leaves it out.
+    import yaml
+
+    from training.datasets import open_dataset
+
+    sample = tmp_path / "000000"
+    sample.mkdir()
+    image = np.zeros((8, 12, 3), np.uint8)
+    for name in ("left.png", "right.png"):
+        assert cv2.imwrite(str(sample / name), image)
+    zero = {"image_width": 12, "image_height": 8, "projection_matrix": {"rows": 3, "cols": 4, "data": [0.0] * 12}}
+    (tmp_path / "camera_info.yaml").write_text(yaml.safe_dump({"left": zero, "right": zero}))
+    dataset = open_dataset(tmp_path)
+    assert [s.name for s in dataset.samples] == ["000000"]
+    assert dataset.samples[0].calibration is None
+    assert "fx = 0" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -338,7 +339,11 @@ def read_folder_pairs(root: Path) -> StereoDataset:
     """Our layout and InStereo2K (any depth): folders holding left.png and right.png."""
     calibration = None
     if (root / CAMERA_INFO_FILE).is_file():
-        calibration = StereoCalibration.from_camera_info(*read_camera_info(root / CAMERA_INFO_FILE))
+        # Only depth needs the calibration; a degenerate one must not stop labelling or training on the images.
+        try:
+            calibration = StereoCalibration.from_camera_info(*read_camera_info(root / CAMERA_INFO_FILE))
+        except DatasetError as error:
+            print(f"warning: {root / CAMERA_INFO_FILE}: {error}; the set has no calibration", file=sys.stderr)
     samples = []
     for left in sorted(root.rglob("left.png")):
         folder = left.parent
