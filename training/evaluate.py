@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from stereo_depth_ros.atomic_io import atomic_path, atomic_write_json
+from stereo_depth_ros.atomic_io import atomic_write_json
 from training.cli import CliError
 from training.metrics import DisparityMetrics
 
@@ -253,11 +253,12 @@ def comparison_picture(pairs: list[EvalPair], columns: list[tuple[str, list[np.n
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    import cv2
+    from training.datasets import DatasetError, write_image
 
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise CliError(f"cannot write picture {path}")
+    try:
+        write_image(path, rgb)
+    except DatasetError as error:
+        raise CliError(f"cannot write picture {path}: {error}") from None
 
 
 # ------------------------------------------------------------------------------------------------------ run

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from stereo_depth_ros.atomic_io import atomic_path, atomic_write, atomic_write_json
+from stereo_depth_ros.atomic_io import atomic_write, atomic_write_json
 from training.cli import CliError
 from training.provenance import sha256_file, software_versions
 
@@ -169,12 +169,10 @@ def remove_partials(folder: Path) -> None:
 
 
 def write_label(folder: Path, disparity: np.ndarray, valid: np.ndarray) -> dict:
-    import cv2
+    from training.datasets import write_image
 
     atomic_write(folder / "disparity.npy", lambda handle: np.save(handle, disparity.astype(np.float32)))
-    with atomic_path(folder / "valid.png") as tmp:
-        if not cv2.imwrite(str(tmp), np.where(valid, 255, 0).astype(np.uint8)):
-            raise OSError(f"cannot write {folder / 'valid.png'}")
+    write_image(folder / "valid.png", np.where(valid, 255, 0).astype(np.uint8))
     record = {"height": int(disparity.shape[0]), "width": int(disparity.shape[1]),
               "valid_share": round(float(valid.mean()), 6)}
     (folder / FAILURE).unlink(missing_ok=True)

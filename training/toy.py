@@ -12,8 +12,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stereo_depth_ros.atomic_io import atomic_path
-
 
 @dataclass(frozen=True)
 class ToyPair:
@@ -48,22 +46,16 @@ def motorcycle_crops(size: tuple[int, int] = (96, 160), scales: tuple[float, ...
     return out
 
 
-def _imwrite(path: Path, image: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise OSError(f"cannot write {path}")
-
-
 def write_data(root: str | Path, pairs: list[ToyPair], with_ground_truth: bool = True) -> Path:
     """DATA/<name>/left.png, right.png and (optionally) left_disp.png (uint16, disparity x 100, 0 = invalid)."""
-    from training.datasets import write_scaled_disparity_png
+    from training.datasets import write_image, write_scaled_disparity_png
 
     root = Path(root)
     for pair in pairs:
         folder = root / pair.name
         folder.mkdir(parents=True, exist_ok=True)
-        _imwrite(folder / "left.png", cv2.cvtColor(pair.left, cv2.COLOR_RGB2BGR))
-        _imwrite(folder / "right.png", cv2.cvtColor(pair.right, cv2.COLOR_RGB2BGR))
+        write_image(folder / "left.png", pair.left)
+        write_image(folder / "right.png", pair.right)
         if with_ground_truth:
             write_scaled_disparity_png(folder / "left_disp.png", pair.disp, 100.0)
     return root
