@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -238,3 +239,14 @@ def test_degenerate_camera_info_does_not_block_the_images(tmp_path, capsys):
     assert [s.name for s in dataset.samples] == ["000000"]
     assert dataset.samples[0].calibration is None
     assert "fx = 0" in capsys.readouterr().err
+
+
+def test_split_gives_both_sides_a_pair_on_tiny_sets():
+    # train and `eval --split val` share this split: a two-pair set must not leave validation empty.
+    from training.datasets import StereoSample
+
+    samples = [StereoSample(name=f"pair{i}", left=Path("l.png"), right=Path("r.png")) for i in range(2)]
+    for seed in range(20):
+        train, val = split_samples(samples, 0.01, seed)
+        assert len(train) == 1 and len(val) == 1
+    assert split_samples(samples, 0.0, 0) == (samples, [])

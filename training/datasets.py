@@ -304,7 +304,8 @@ def split_samples(
 
     Why a hash rather than a shuffled list: a sample keeps its side when other samples are added or removed
     (a new bag extracted into DATA never moves old validation pairs into training). The validation share is
-    `val_fraction` in expectation, not exactly.
+    `val_fraction` in expectation, not exactly; a tiny set that the hash puts all on one side gives its last
+    sample to the other side, so that training and validation both have pairs whenever there are two or more.
     """
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
@@ -312,6 +313,10 @@ def split_samples(
     for sample in samples:
         digest = hashlib.sha256(f"{seed}/{sample.name}".encode()).digest()
         (val if int.from_bytes(digest[:8], "big") / 2.0**64 < val_fraction else train).append(sample)
+    if val_fraction > 0 and not val and len(train) > 1:
+        val, train = train[-1:], train[:-1]
+    if val_fraction < 1 and not train and len(val) > 1:
+        train, val = val[:-1], val[-1:]
     return train, val
 
 

@@ -135,18 +135,13 @@ def collect_items(data: str, labels: str) -> list[TrainItem]:
 
 
 def split_items(items: list[TrainItem], val_fraction: float, seed: int) -> tuple[list[TrainItem], list[TrainItem]]:
-    """Held-out split by the dataset's seeded name hash; at least one pair each side when there are two or more."""
+    """The held-out split of `datasets.split_samples` (the one `eval --split val` uses too), on training items."""
     from training.datasets import split_samples
 
     by_name = {item.sample.name: item for item in items}
     train_s, val_s = split_samples([item.sample for item in items], val_fraction, seed)
     train = [by_name[s.name] for s in train_s]
     val = [by_name[s.name] for s in val_s]
-    # The hash split is right in expectation; tiny sets can land all on one side.
-    if val_fraction > 0 and not val and len(train) > 1:
-        val, train = train[-1:], train[:-1]
-    if not train and len(val) > 1:
-        train, val = val[:-1], val[-1:]
     return train, val
 
 
