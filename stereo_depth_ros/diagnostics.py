@@ -80,10 +80,6 @@ class FrameStats:
             self.dropped_pairs += int(dropped_older)
             self._inputs.add()
 
-    def pair_dropped(self, count: int = 1) -> None:
-        with self._lock:
-            self.dropped_pairs += count
-
     def pair_rejected(self, problem: str) -> None:
         with self._lock:
             self.rejected_pairs += 1
