@@ -25,13 +25,8 @@ BASE_NS = 1_700_000_000 * 10**9 + 123_456_789
 
 
 def run_extract(argv: list[str]) -> int:
-    """The real dispatcher, with only this subcommand registered (the others belong to other modules)."""
-    saved = cli.SUBCOMMANDS
-    cli.SUBCOMMANDS = {"extract": saved["extract"]}
-    try:
-        return cli.main(["extract", *argv])
-    finally:
-        cli.SUBCOMMANDS = saved
+    """The real dispatcher (it imports only the module of the subcommand it runs)."""
+    return cli.main(["extract", *argv])
 
 
 def _rgb(frame: int, side: int) -> np.ndarray:

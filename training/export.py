@@ -53,6 +53,8 @@ def _export_module(model, iters: int, dtype, confidence: bool = False):
     import torch
     import torch.nn.functional as F
 
+    from stereo_depth_ros.models.padding import pad_lrtb
+
     class StereoExport(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -60,11 +62,8 @@ def _export_module(model, iters: int, dtype, confidence: bool = False):
 
         def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
             h, w = left.shape[-2], left.shape[-1]
-            # Same split as the model's InputPadder: the odd pixel goes right/bottom.
-            pad_h = (32 - h % 32) % 32
-            pad_w = (32 - w % 32) % 32
-            top, left_pad = pad_h // 2, pad_w // 2
-            pads = [left_pad, pad_w - left_pad, top, pad_h - top]
+            pads = list(pad_lrtb(h, w))  # the model's InputPadder split, on traced sizes
+            left_pad, top = pads[0], pads[2]
             l_img = F.pad(left.to(dtype), pads, mode="replicate")
             r_img = F.pad(right.to(dtype), pads, mode="replicate")
             result = self.net.run(l_img, r_img, iters=iters, test_mode=True, with_confidence=confidence)

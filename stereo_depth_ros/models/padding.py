@@ -5,6 +5,16 @@ import torch
 import torch.nn.functional as F
 
 
+def pad_lrtb(height, width, divisor: int = 32):
+    """(left, right, top, bottom) padding to a multiple of `divisor`, the odd pixel right/bottom.
+
+    Plain integer arithmetic, so that it also works on traced sizes (the ONNX export pads inside its graph).
+    """
+    pad_h = -height % divisor
+    pad_w = -width % divisor
+    return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
+
+
 class InputPadder:
     """Edge-replicating pad to a multiple of `divisor`, split over both sides (the odd pixel right/bottom).
 
@@ -14,10 +24,7 @@ class InputPadder:
 
     def __init__(self, shape: torch.Size | tuple[int, ...], divisor: int = 32) -> None:
         self.height, self.width = int(shape[-2]), int(shape[-1])
-        pad_h = -self.height % divisor
-        pad_w = -self.width % divisor
-        # F.pad order: left, right, top, bottom
-        self.pad_lrtb = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+        self.pad_lrtb = pad_lrtb(self.height, self.width, divisor)  # F.pad order
 
     @property
     def padded_shape(self) -> tuple[int, int]:
