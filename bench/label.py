@@ -45,14 +45,14 @@ def throughput(args) -> int:
     import torch
 
     from stereo_depth_ros.models import load_model
+    from stereo_depth_ros.models.images import rgb_batch
     from stereo_distill.label import Thresholds, label_batch
     from stereo_devkit.motorcycle import motorcycle_pair
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     teacher = default_teacher(args.teacher)
     left, right = motorcycle_pair(args.height, args.width)
-    to_t = lambda im: torch.from_numpy(im).permute(2, 0, 1)[None].float().repeat(args.batch_size, 1, 1, 1)  # noqa
-    left_t, right_t = to_t(left).to(device), to_t(right).to(device)
+    left_t, right_t = rgb_batch([left] * args.batch_size, device), rgb_batch([right] * args.batch_size, device)
     print(f"label bench: {args.model} ({teacher or 'seeded init'}), {args.height}x{args.width}, iters {args.iters}, "
           f"max_disp {args.max_disp}, batch {args.batch_size}, device {device}, torch threads {torch.get_num_threads()}")
     labels = {}

@@ -22,10 +22,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from stereo_depth_ros.models import available_models, load_model
+from stereo_depth_ros.models.images import rgb_batch
 
 # The sizes each network is deployed at (H x W): the student on camera streams, the teacher on 480x640
 # and InStereo2K's 1080x860 pairs.
@@ -88,9 +88,8 @@ def stereo_pair(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A real pair (Middlebury Motorcycle from scikit-image) resized to the size."""
     from stereo_devkit.motorcycle import motorcycle_pair
 
-    images = motorcycle_pair(height, width)
-    tensors = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float() for im in images]
-    return tensors[0], tensors[1]
+    left, right = motorcycle_pair(height, width)
+    return rgb_batch([left]), rgb_batch([right])
 
 
 def bench_one(name, height, width, precision, device, args, compile_, channels_last) -> Row:

@@ -32,6 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from stereo_depth_ros.sync import stamp_ns  # noqa: E402
 from stereo_devkit.client import StereoClient, diagnostic_values, image_message, stamp_from_seconds  # noqa: E402
 from stereo_devkit.node_process import NodeProcess, isolated_ros_env, node_command  # noqa: E402
 
@@ -71,7 +72,7 @@ def _transport_role(role: str, width: int, height: int, frames: int, rate: float
         latencies = []
 
         def record(msg: Image) -> None:
-            latencies.append(time.time() - (msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9))
+            latencies.append(time.time() - stamp_ns(msg) * 1e-9)
 
         node.create_subscription(Image, "bench_image", record, qos)
         deadline = time.monotonic() + 30 + frames / rate

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from stereo_distill.augment import AugmentConfig, augment  # noqa: E402
 from stereo_distill.losses import distillation_loss  # noqa: E402
 from stereo_distill.toy import motorcycle_crops  # noqa: E402
-from stereo_distill.train import collate  # noqa: E402
+from stereo_distill.train_data import collate  # noqa: E402
 
 PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity" / "rt_igev" / "weights.pth"
 

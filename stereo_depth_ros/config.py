@@ -22,8 +22,10 @@ from typing import Any
 
 import yaml
 
-BACKENDS = ("torch", "onnxruntime", "opencv_sgbm")
-MODELS = ("rt_igev", "selective_igev")
+from stereo_depth_ros.inference.base import BACKENDS as _BACKEND_TABLE  # numpy only: the SGBM node runs without torch
+from stereo_depth_ros.model_names import MODEL_NAMES as MODELS
+
+BACKENDS = tuple(_BACKEND_TABLE)
 PRECISIONS = ("fp32", "fp16", "bf16")
 ONNX_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 

@@ -175,10 +175,6 @@ def stamp_from_seconds(seconds: float):
     return Time(sec=nanos // 1_000_000_000, nanosec=nanos % 1_000_000_000)
 
 
-def stamp_to_seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
 def diagnostic_values(array_msg, name_contains: str = "stereo_depth") -> dict[str, str] | None:
     """key -> value of the first DiagnosticStatus whose name contains `name_contains`, or None."""
     for status in array_msg.status:

@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from stereo_depth_ros.atomic_io import atomic_write_json
-from stereo_devkit.client import StereoClient, diagnostic_values, image_message, stamp_from_seconds, stamp_to_seconds
+from stereo_depth_ros.sync import stamp_ns
+from stereo_devkit.client import StereoClient, diagnostic_values, image_message, stamp_from_seconds
 from stereo_devkit.node_process import NodeProcess, isolated_ros_env, node_command, package_fastdds_profile
 from stereo_devkit.motorcycle import FRAME_ID, StereoRig, motorcycle_rig
 from stereo_devkit.outputs import colourise, write_png, write_ply
-from stereo_distill.metrics import compute_metrics, describe_metrics
+from stereo_devkit.metrics import compute_metrics, describe_metrics
 
 
 class DemoError(Exception):
@@ -83,7 +83,7 @@ def stream(args: argparse.Namespace, rig: StereoRig, params: dict[str, object], 
     shutil.rmtree(workdir, ignore_errors=True)
     env = isolated_ros_env(workdir, fastdds_profile=package_fastdds_profile())
     log_path = workdir / "node.log"
-    sent: dict[tuple[int, int], float] = {}
+    sent: set[int] = set()  # stamps (ns) of the pairs published; each stamp is its publication time
     with NodeProcess(node_command(params), env, log_path) as node, StereoClient(env) as client:
         if not client.wait_for_node(timeout=60.0):
             node.stop()
@@ -92,10 +92,10 @@ def stream(args: argparse.Namespace, rig: StereoRig, params: dict[str, object], 
         next_time = time.monotonic()
         for index in range(args.frames):
             stamp = stamp_from_seconds(time.time())
-            client.publish(image_message(rig.left, "rgb8", stamp, FRAME_ID),
-                           image_message(rig.right, "rgb8", stamp, FRAME_ID), *rig.camera_infos(stamp),
+            left_msg = image_message(rig.left, "rgb8", stamp, FRAME_ID)
+            client.publish(left_msg, image_message(rig.right, "rgb8", stamp, FRAME_ID), *rig.camera_infos(stamp),
                            info_lead=0.2 if index == 0 else 0.0)
-            sent[(stamp.sec, stamp.nanosec)] = stamp_to_seconds(stamp)
+            sent.add(stamp_ns(left_msg))
             next_time += 1.0 / args.rate
             time.sleep(max(0.0, next_time - time.monotonic()))
         # The newest pair always gets processed (older ones may be dropped while inference is busy).
@@ -104,8 +104,8 @@ def stream(args: argparse.Namespace, rig: StereoRig, params: dict[str, object], 
         cloud = client.wait_for_stamp("points2", stamp, timeout=10.0)
         diag = client.wait_for("diagnostics", lambda m: (diagnostic_values(m) or {}).get("processed_pairs", "0") != "0",
                                timeout=10.0, start=max(client.count("diagnostics") - 1, 0))
-        latencies = [item.stamp - sent[key] for item in list(client.received["disparity"])
-                     if (key := (item.msg.header.stamp.sec, item.msg.header.stamp.nanosec)) in sent]
+        latencies = [item.stamp - stamp_ns(item.msg) * 1e-9 for item in list(client.received["disparity"])
+                     if stamp_ns(item.msg) in sent]
         code = node.stop()
     if disparity is None or depth is None:
         raise DemoError(f"no output for the last pair; node log ({log_path}):\n{log_path.read_text()[-3000:]}")
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     write_png(out / "disparity_gt.png", colourise(rig.gt_disparity, d_lo, d_hi))
     write_png(out / "depth.png", colourise(depth_map, float(np.percentile(z, 1)), float(np.percentile(z, 99)),
                                            reverse=True))
-    write_png(out / "left.png", cv2.cvtColor(rig.left, cv2.COLOR_RGB2BGR))
+    write_png(out / "left.png", rig.left)
     points = write_ply(out / "points.ply", got.cloud) if got.cloud is not None else 0
     lat = got.latencies_ms
     metrics = {

@@ -10,18 +10,25 @@ import numpy as np
 from stereo_depth_ros.atomic_io import atomic_write_bytes
 
 
-def colourise(values: np.ndarray, lo: float, hi: float, reverse: bool = False) -> np.ndarray:
-    """uint8 BGR image: TURBO colour map over lo..hi, black where values are NaN."""
+def colourise(values: np.ndarray, lo: float = 0.0, hi: float | None = None, reverse: bool = False) -> np.ndarray:
+    """uint8 RGB [H, W, 3]: TURBO colour map over lo..hi (hi None: the 99th percentile), black where NaN.
+
+    For disparity, depth (reverse=True: near is warm) in the demo, TensorBoard and eval's comparison picture.
+    """
     finite = np.isfinite(values)
+    if hi is None:
+        hi = float(np.percentile(values[finite], 99)) if finite.any() else lo + 1.0
     scaled = np.clip((np.nan_to_num(values, nan=lo) - lo) / max(hi - lo, 1e-6), 0, 1)
     if reverse:
         scaled = 1 - scaled
-    image = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
+    image = cv2.cvtColor(cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
     image[~finite] = 0
     return image
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """Atomically write a uint8 RGB [H, W, 3] (or grey [H, W]) picture as PNG."""
+    image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise RuntimeError(f"PNG encoding failed for {path}")

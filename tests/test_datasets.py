@@ -8,17 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from stereo_distill.datasets import (
-    DatasetError,
-    StereoCalibration,
-    open_dataset,
-    read_pfm,
-    split_samples,
-    write_camera_info,
-    write_image,
-    write_pfm,
-    write_scaled_disparity_png,
-)
+from stereo_distill.camera_info_yaml import write_camera_info
+from stereo_distill.datasets import DatasetError, open_dataset, split_samples
+from stereo_distill.image_files import read_pfm, write_image, write_pfm, write_scaled_disparity_png
 
 H, W = 12, 16
 
@@ -84,8 +76,6 @@ def test_canonical_layout_with_camera_info(tmp_path):
     np.testing.assert_array_equal(first.load_right(), right)
     _assert_disp_equal(first.load_disparity(), disp)
     assert second.load_disparity() is None
-    assert first.calibration.fx == 500.0 and first.calibration.baseline == pytest.approx(0.12)
-    assert first.calibration.doffs == 0.0
 
 
 def test_instereo2k_as_downloaded(tmp_path):
@@ -129,9 +119,6 @@ def test_middlebury_2014_and_middeval3(tmp_path):
             _assert_disp_equal(got, expected[sample.name])
         else:
             assert got is None
-        cal = sample.calibration
-        assert (cal.fx, cal.cx, cal.cy, cal.width, cal.height) == (1758.23, 953.34, 552.29, 1920, 1080)
-        assert cal.baseline == pytest.approx(0.11153)
     np.testing.assert_array_equal(data[0].load_right(), _pair(0)[1])
 
 
@@ -213,32 +200,6 @@ def test_split_is_seeded_disjoint_and_stable(tmp_path):
     # Samples keep their side when the set grows.
     grown_val = split_samples(data.samples[:30], 0.25, seed=3)[1]
     assert {s.name for s in grown_val} == {s.name for s in val if int(s.name) < 30}
-
-
-def test_calibration_from_camera_info_message_fields():
-    left = {"width": 640, "height": 480, "p": [400.0, 0, 320.0, 0, 0, 400.0, 240.0, 0, 0, 0, 1, 0]}
-    right = {"width": 640, "height": 480, "p": [400.0, 0, 320.0, -400.0 * 0.07, 0, 400.0, 240.0, 0, 0, 0, 1, 0]}
-    cal = StereoCalibration.from_camera_info(left, right)
-    assert cal.baseline == pytest.approx(0.07) and (cal.width, cal.height) == (640, 480)
-
-
-def test_degenerate_camera_info_does_not_block_the_images(tmp_path, capsys):
-    # Labelling and training never use the calibration: a zero right projection warns and leaves it out.
-    import yaml
-
-    from stereo_distill.datasets import open_dataset
-
-    sample = tmp_path / "000000"
-    sample.mkdir()
-    image = np.zeros((8, 12, 3), np.uint8)
-    for name in ("left.png", "right.png"):
-        assert cv2.imwrite(str(sample / name), image)
-    zero = {"image_width": 12, "image_height": 8, "projection_matrix": {"rows": 3, "cols": 4, "data": [0.0] * 12}}
-    (tmp_path / "camera_info.yaml").write_text(yaml.safe_dump({"left": zero, "right": zero}))
-    dataset = open_dataset(tmp_path)
-    assert [s.name for s in dataset.samples] == ["000000"]
-    assert dataset.samples[0].calibration is None
-    assert "fx = 0" in capsys.readouterr().err
 
 
 def test_split_gives_both_sides_a_pair_on_tiny_sets():

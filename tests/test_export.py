@@ -1,51 +1,53 @@
 """`stereo-distill export`: ONNX parity with PyTorch, metadata, and the node's onnxruntime backend running it.
 
-Exports use the RT-IGEV parity fixture (official checkpoint format, seeded weights) at small sizes and 2 GRU
-iterations to keep the run short on a shared CPU; skipped when ../shared/parity is absent.
+Exports use a seeded RT-IGEV checkpoint in the official format (conftest's `student_weights`) at small sizes and
+2 GRU iterations to keep the run short on a shared CPU, through the CLI in this process.
 """
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
+from stereo_distill.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "parity" / "rt_igev" / "weights.pth"
-CLI = [sys.executable, "-c", "import sys; from stereo_distill.cli import main; sys.exit(main())"]
 ITERS = 2
-
-pytestmark = pytest.mark.skipif(not FIXTURE.is_file(), reason=f"RT-IGEV parity fixture {FIXTURE} not present")
-
-
-def _export(out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run([*CLI, "export", "--model", str(FIXTURE), "--out", str(out), "--iters", str(ITERS), *extra],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc, json.loads(proc.stdout[proc.stdout.index("{"):])
 
 
 @pytest.fixture(scope="module")
-def fixed_fp32(tmp_path_factory):
+def export(student_weights):
+    """export(out, *argv) -> (stderr, the JSON report) of a successful `stereo-distill export`."""
+    import contextlib
+    import io
+
+    def run(out: Path, *extra: str) -> tuple[str, dict]:
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            status = main(["export", "--model", str(student_weights), "--out", str(out), "--iters", str(ITERS),
+                           *extra])
+        assert status == 0, stderr.getvalue()[-3000:]
+        text = stdout.getvalue()
+        return stderr.getvalue(), json.loads(text[text.index("{"):])
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def fixed_fp32(tmp_path_factory, export):
     # 72x136 is not a multiple of 32: the in-graph padding is exercised.
     out = tmp_path_factory.mktemp("export") / "student_fp32.onnx"
-    proc, report = _export(out, "--height", "72", "--width", "136")
-    return out, proc, report
+    stderr, report = export(out, "--height", "72", "--width", "136")
+    return out, stderr, report
 
 
 def test_fp32_export_matches_pytorch_and_carries_the_node_metadata(fixed_fp32):
-    out, proc, report = fixed_fp32
+    out, stderr, report = fixed_fp32
     assert out.is_file() and not list(out.parent.glob("*.partial*"))
     assert report["max_abs_px"] <= 1e-3 and {c["input"] for c in report["verification"]} == {"random", "motorcycle"}
-    assert "verify motorcycle" in proc.stderr  # the verification is printed
+    assert "verify motorcycle" in stderr  # the verification is printed
     graph = onnx.load(str(out))
     assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
     meta = {p.key: p.value for p in graph.metadata_props}
@@ -64,13 +66,13 @@ def _motorcycle(height: int, width: int):
     return motorcycle_pair(height, width)
 
 
-def test_node_onnxruntime_backend_runs_the_export_like_the_torch_backend(fixed_fp32):
+def test_node_onnxruntime_backend_runs_the_export_like_the_torch_backend(fixed_fp32, student_weights):
     from stereo_depth_ros.inference import create_estimator
 
     out, _, _ = fixed_fp32
     left, right = _motorcycle(72, 136)
     onnx_est = create_estimator("onnxruntime", model_path=str(out), providers=["CPUExecutionProvider"])
-    torch_est = create_estimator("torch", model="rt_igev", model_path=str(FIXTURE), device="cpu", iters=ITERS)
+    torch_est = create_estimator("torch", model="rt_igev", model_path=str(student_weights), device="cpu", iters=ITERS)
     a, b = onnx_est.estimate(left, right), torch_est.estimate(left, right)
     assert a.disparity.shape == (72, 136)
     both = np.isfinite(a.disparity) & np.isfinite(b.disparity)
@@ -80,11 +82,11 @@ def test_node_onnxruntime_backend_runs_the_export_like_the_torch_backend(fixed_f
         assert np.abs(a.confidence - b.confidence).max() <= 1e-3
 
 
-def test_dynamic_export_runs_at_other_sizes(tmp_path):
+def test_dynamic_export_runs_at_other_sizes(tmp_path, export):
     out = tmp_path / "dynamic.onnx"
     # Traced at width max_disp (192): the cost volume's shift count is fixed by the trace (see export.py).
-    proc, report = _export(out, "--dynamic", "--height", "48", "--width", "96")
-    assert "accepts widths >= 192" in proc.stderr
+    stderr, report = export(out, "--dynamic", "--height", "48", "--width", "96")
+    assert "accepts widths >= 192" in stderr
     sizes = {(c["height"], c["width"]) for c in report["verification"]}
     assert sizes == {(48, 192), (61, 211)} and report["max_abs_px"] <= 1e-3
     from stereo_depth_ros.inference import create_estimator
@@ -94,9 +96,9 @@ def test_dynamic_export_runs_at_other_sizes(tmp_path):
         assert est.estimate(*_motorcycle(h, w)).disparity.shape == (h, w)
 
 
-def test_fp16_export_runs_in_onnxruntime_close_to_fp32(tmp_path):
+def test_fp16_export_runs_in_onnxruntime_close_to_fp32(tmp_path, export):
     out = tmp_path / "student_fp16.onnx"
-    _, report = _export(out, "--height", "64", "--width", "96", "--precision", "fp16")
+    _, report = export(out, "--height", "64", "--width", "96", "--precision", "fp16")
     graph = onnx.load(str(out))
     assert {p.key: p.value for p in graph.metadata_props}["stereo_depth_ros.precision"] == "fp16"
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.graph.initializer)
@@ -109,12 +111,12 @@ def test_fp16_export_runs_in_onnxruntime_close_to_fp32(tmp_path):
     (["--out", "x.onnx", "--height", "64"], "both --height and --width"),
     (["--out", "x.onnx", "--opset", "13"], "opset"),
     (["--out", "x.onnx", "--model", "missing.pth"], "does not exist"),
+    (["--out", "x.onnx", "--height", "0", "--width", "64"], "too small"),
+    (["--out", "x.onnx", "--height", "64", "--width", "-32"], "too small"),
 ])
-def test_bad_arguments_are_one_line_errors(tmp_path, monkeypatch, capsys, argv, message):
-    from stereo_distill.cli import main
-
+def test_bad_arguments_are_one_line_errors(tmp_path, monkeypatch, cli, student_weights, argv, message):
     monkeypatch.chdir(tmp_path)
-    assert main(["export", "--model", str(FIXTURE), *argv]) == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
+    result = cli("export", "--model", student_weights, *argv)
+    assert result.status == 2 and "Traceback" not in result.err
+    assert message in result.err and len(result.err.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())  # nothing written

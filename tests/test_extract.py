@@ -12,6 +12,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from stereo_distill import cli
+from stereo_distill.camera_info_yaml import read_camera_info
 from stereo_distill.datasets import open_dataset
 from stereo_distill.extract import Frame, match_frames
 
@@ -173,8 +174,9 @@ def test_pairs_pixels_stamps_and_camera_info(bag, kind, tmp_path, capsys):
         meta = json.loads((out / sample.name / "meta.json").read_text())
         assert (meta["left_stamp_ns"], meta["right_stamp_ns"]) == all_stamps[i]
         assert meta["left_frame_id"] == "left_optical"
-    cal = data[0].calibration
-    assert cal is not None and cal.fx == 50.0 and cal.baseline == pytest.approx(0.1)
+    left_info, right_info = read_camera_info(out / "camera_info.yaml")
+    p_left, p_right = left_info["projection_matrix"]["data"], right_info["projection_matrix"]["data"]
+    assert p_left[0] == 50.0 and -p_right[3] / p_right[0] == pytest.approx(0.1)
 
 
 def test_rerun_skips_and_completes_interrupted_samples(bag, tmp_path, capsys):
@@ -246,12 +248,32 @@ def test_corrupt_message_stops_with_error_after_valid_samples(storage, tmp_path,
     rc = run_extract([str(path), "--left-topic", "/cam/left/image_raw", "--right-topic", "/cam/right/image_raw",
                       "--out", str(out)])
     err = capsys.readouterr().err
-    assert rc == 2 and "truncated or corrupt" in err
+    assert rc == 1 and "truncated or corrupt" in err and "Traceback" not in err
     data = open_dataset(out)
     # Frames 0-4 minus the unmatched frame 3 are complete; nothing at or after the corrupt message is.
     assert data.names() == expected_names()[:4]
     for sample in data:
         np.testing.assert_array_equal(sample.load_left(), expected["raw"][frames_of(sample.name), "left"])
+
+
+def test_bag_damaged_mid_file_reports_what_was_not_read(tmp_path, capsys):
+    # A zeroed region in the middle of an mcap: rosbags' reader then ends early without an error, so only the
+    # bag's own message counts tell that messages are missing.
+    path = tmp_path / "bag"
+    write_bag(path, StoragePlugin.MCAP)
+    storage_file = next(path.glob("*.mcap"))
+    data = bytearray(storage_file.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(4096)
+    storage_file.write_bytes(bytes(data))
+    out = tmp_path / "data"
+    rc = run_extract([str(path), "--left-topic", "/cam/left/image_raw", "--right-topic", "/cam/right/image_raw",
+                      "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err, err
+    assert "damaged" in err and "/cam/left/image_raw" in err and "of 8" in err, err
+    names = open_dataset(out).names()
+    assert 0 < len(names) < len(expected_names()) and names == expected_names()[:len(names)]
 
 
 def test_match_frames_mutual_nearest_within_tolerance():

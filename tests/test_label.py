@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from stereo_distill import cli
-from stereo_distill.datasets import open_dataset, write_image
+from stereo_distill.datasets import open_dataset
+from stereo_distill.image_files import write_image
 from stereo_distill.label import Thresholds, consistency_mask, label_batch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from stereo_distill.metrics import DisparityMetrics, compute_metrics, pixel_errors
+from stereo_devkit.metrics import DisparityMetrics, compute_metrics, pixel_errors
 
 
 def test_hand_computed_single_pair():

@@ -1,13 +1,14 @@
 """`stereo-distill train` on real pairs (Motorcycle crops, labels from its ground truth) with the real student.
 
 Small on purpose (64x128 crops, 2 GRU iterations, batch 1, one thread per process): the machine is shared.
-The student starts from the RT-IGEV parity fixture (official checkpoint format, seeded weights) when
-../shared/parity is present, else from the seeded random init (`--student none`).
+The student starts from a seeded RT-IGEV checkpoint in the official format (conftest's `student_weights`). The
+CLI runs in this process, except where a separate process is the point (kill -9 and resume, torchrun).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,16 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from stereo_distill.augment import AugmentConfig, augment  # noqa: E402
-from stereo_distill.toy import motorcycle_crops, write_data, write_label  # noqa: E402
+from stereo_distill.augment import AugmentConfig, augment
+from stereo_distill.toy import motorcycle_crops, write_data, write_label
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "parity" / "rt_igev" / "weights.pth"
-# stereo_distill.cli through its console-script entry point (`python -m stereo_distill.cli` would load the module twice,
-# as __main__ and as stereo_distill.cli, and its CliError handler would not recognise the subcommands' CliError).
+# stereo_distill.cli through its console-script entry point (`python -m stereo_distill.cli` would load the module
+# twice, as __main__ and as stereo_distill.cli, and its CliError handler would not recognise the subcommands').
 CLI = [sys.executable, "-c", "import sys; from stereo_distill.cli import main; sys.exit(main())"]
 COMMON = ["--batch-size", "1", "--crop", "64", "128", "--train-iters", "2", "--valid-iters", "2", "--workers", "0",
           "--val-every", "0", "--val-fraction", "0.2", "--seed", "3", "--log-every", "1"]
@@ -38,10 +37,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _student() -> str:
-    return str(FIXTURE) if FIXTURE.is_file() else "none"
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
@@ -52,15 +47,29 @@ def toy(tmp_path_factory):
     return root
 
 
-def _train_cmd(toy: Path, out: Path, *extra: str) -> list[str]:
-    return [*CLI, "train", "--data", str(toy / "data"), "--labels",
-            str(toy / "labels"), "--student", _student(), "--out", str(out), *COMMON, *extra]
+def _train_argv(toy: Path, student: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(toy / "data"), "--labels", str(toy / "labels"), "--student", str(student),
+            "--out", str(out), *COMMON, *extra]
 
 
 def _run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+@pytest.fixture
+def train(cli, toy, student_weights):
+    """train(out, *argv, ok=True) -> CliResult of `stereo-distill train` in this process."""
+    def run(out: Path, *extra: str, ok: bool = True, data: Path | None = None):
+        argv = _train_argv(toy, student_weights, out, *extra)
+        if data is not None:
+            argv[argv.index("--data") + 1] = str(data)
+        result = cli(*argv)
+        if ok:
+            assert result.status == 0, result.err[-3000:]
+        return result
+    return run
 
 
 def _load(path: Path) -> dict:
@@ -73,7 +82,7 @@ def _fixed_batch_loss(checkpoint: str | None, toy: Path) -> float:
     from stereo_distill.augment import center_crop
     from stereo_distill.datasets import open_dataset
     from stereo_distill.losses import distillation_loss
-    from stereo_distill.train import TrainItem, collate, load_item
+    from stereo_distill.train_data import TrainItem, collate, load_item
 
     model = load_model("rt_igev", checkpoint=checkpoint)
     model.train()
@@ -85,30 +94,30 @@ def _fixed_batch_loss(checkpoint: str | None, toy: Path) -> float:
     return float(loss)
 
 
-def test_few_steps_decrease_the_loss_and_checkpoint_loads(toy, tmp_path):
+def test_few_steps_decrease_the_loss_and_checkpoint_loads(toy, tmp_path, train, student_weights):
     out = tmp_path / "run"
-    proc = _run(_train_cmd(toy, out, "--steps", "3", "--save-every", "3", "--lr", "5e-4"))
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["steps"] == 3
+    result = train(out, "--steps", "3", "--save-every", "3", "--lr", "5e-4")
+    assert json.loads(result.out.strip().splitlines()[-1])["steps"] == 3
     last = out / "checkpoints" / "last.pth"
     ckpt = _load(last)
     assert {"model", "config", "step", "optimizer", "scheduler", "rng", "data_position"} <= set(ckpt)
     assert ckpt["step"] == 3 and (out / "checkpoints" / "step_00000003.pth").is_file()
     assert any((out / "tb").iterdir())
-    before = _fixed_batch_loss(None if _student() == "none" else _student(), toy)
+    before = _fixed_batch_loss(str(student_weights), toy)
     after = _fixed_batch_loss(str(last), toy)
     assert after < before, (before, after)
     # Re-running the finished command resumes at the end and does nothing.
-    again = _run(_train_cmd(toy, out, "--steps", "3", "--save-every", "3", "--lr", "5e-4"))
-    assert "complete" in again.stderr
+    again = train(out, "--steps", "3", "--save-every", "3", "--lr", "5e-4")
+    assert "complete" in again.err
 
 
-def test_kill_then_resume_equals_uninterrupted(toy, tmp_path):
+def test_kill_then_resume_equals_uninterrupted(toy, tmp_path, student_weights):
     args = ("--steps", "5", "--save-every", "1")
-    _run(_train_cmd(toy, tmp_path / "straight", *args))
+    _run([*CLI, *_train_argv(toy, student_weights, tmp_path / "straight", *args)])
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(toy, killed, *args), cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [*CLI, *_train_argv(toy, student_weights, killed, *args)]
+    proc = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = killed / "checkpoints" / "step_00000002.pth"
     deadline = time.monotonic() + 600
     while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -119,38 +128,77 @@ def test_kill_then_resume_equals_uninterrupted(toy, tmp_path):
     saved = [int(p.stem.split("_")[1]) for p in (killed / "checkpoints").glob("step_*.pth")]
     assert 2 <= max(saved) < 5, "the run finished before it could be interrupted"
 
-    resumed = _run(_train_cmd(toy, killed, *args))
+    resumed = _run(command)
     assert f"resuming {killed} at step {max(saved)} " in resumed.stderr
 
     a, b = _load(tmp_path / "straight" / "checkpoints" / "last.pth"), _load(killed / "checkpoints" / "last.pth")
     assert a["step"] == b["step"] == 5
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key  # parameters and BatchNorm statistics, bit for bit
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
     assert a["data_position"] == b["data_position"]
 
 
-def test_changed_settings_refuse_to_resume(toy, tmp_path):
+def test_changed_settings_refuse_to_resume(tmp_path, train):
     out = tmp_path / "run"
-    _run(_train_cmd(toy, out, "--steps", "1", "--save-every", "1"))
-    proc = subprocess.run(_train_cmd(toy, out, "--steps", "1", "--save-every", "1", "--lr", "1e-3"), cwd=REPO,
-                          env=_env(), capture_output=True, text=True)
-    assert proc.returncode == 2 and "lr" in proc.stderr and "new --out" in proc.stderr
+    train(out, "--steps", "1", "--save-every", "1")
+    result = train(out, "--steps", "1", "--save-every", "1", "--lr", "1e-3", ok=False)
+    assert result.status == 2 and "lr" in result.err and "new --out" in result.err
 
 
-def test_two_process_torchrun_matches_single_process_accumulation(toy, tmp_path):
+def test_truncated_last_checkpoint_falls_back_to_the_newest_intact_step(tmp_path, train):
+    out = tmp_path / "run"
+    train(out, "--steps", "2", "--save-every", "1")
+    folder = out / "checkpoints"
+    # A crash (or a full disk) while step 2 was being saved: step_00000002.pth missing, last.pth cut short.
+    (folder / "step_00000002.pth").unlink()
+    last = folder / "last.pth"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    result = train(out, "--steps", "2", "--save-every", "1")
+    assert "Traceback" not in result.err
+    assert f"{last} is unreadable" in result.err and "resuming from step_00000001.pth (step 1)" in result.err
+    assert f"resuming {out} at step 1" in result.err
+    assert _load(last)["step"] == 2 and (folder / "step_00000002.pth").is_file()
+    for path in folder.glob("*.pth"):
+        path.write_bytes(path.read_bytes()[:100])
+    result = train(out, "--steps", "2", "--save-every", "1", ok=False)
+    assert result.status == 2 and "Traceback" not in result.err
+    assert len(result.err.strip().splitlines()) == 1 and "no intact checkpoint" in result.err
+
+
+def test_corrupt_image_stops_training_with_one_line_naming_it(toy, tmp_path, train):
+    data = tmp_path / "data"
+    shutil.copytree(toy / "data", data)
+    broken = sorted(data.glob("*/right.png"))[0]
+    broken.write_bytes(broken.read_bytes()[:200])  # the header still reads; the pixels do not
+    result = train(tmp_path / "run", "--steps", "6", "--save-every", "6", "--val-fraction", "0", ok=False,
+                   data=data)
+    assert result.status == 1 and "Traceback" not in result.err
+    assert f"cannot read image {broken}" in result.err and broken.parent.name in result.err
+    errors = [line for line in result.err.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.err
+
+
+def test_crop_larger_than_the_images_is_refused(tmp_path, train):
+    for augment_flag in ("--augment", "--no-augment"):
+        result = train(tmp_path / "run", "--steps", "1", "--crop", "128", "128", augment_flag, ok=False)
+        assert result.status == 2 and "Traceback" not in result.err
+        assert "--crop 128 128 is larger than" in result.err and "--crop 96 160" in result.err
+        assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_two_process_torchrun_matches_single_process_accumulation(toy, tmp_path, student_weights):
     """2 ranks x batch 1 (gloo) == 1 process accumulating 2 micro-batches of 1: same pairs, same update.
 
     Parameters agree to float32 rounding (all-reduce vs accumulation order). The BatchNorm3d running statistics
     do not (DDP keeps rank 0's, accumulation updates them twice per step), and they are not compared.
     """
     args = ("--steps", "2", "--save-every", "2")
-    _run(_train_cmd(toy, tmp_path / "single", *args, "--accumulate", "2"))
-    cmd = _train_cmd(toy, tmp_path / "ddp", *args)
+    _run([*CLI, *_train_argv(toy, student_weights, tmp_path / "single", *args, "--accumulate", "2")])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                "-m", "stereo_distill.cli", *cmd[len(CLI):]]
+                "-m", "stereo_distill.cli", *_train_argv(toy, student_weights, tmp_path / "ddp", *args)]
     _run(torchrun)
     run_json = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert run_json["world_size"] == 2
@@ -161,8 +209,8 @@ def test_two_process_torchrun_matches_single_process_accumulation(toy, tmp_path)
 
     names = {n for n, _ in load_model("rt_igev").named_parameters()}
     worst = max(float((single["model"][n] - ddp["model"][n]).abs().max()) for n in names)
-    moved = max(float((single["model"][n] - _load(FIXTURE)["module." + n]).abs().max()) for n in names) \
-        if FIXTURE.is_file() else 1.0
+    initial = _load(student_weights)
+    moved = max(float((single["model"][n] - initial["module." + n]).abs().max()) for n in names)
     assert worst < 1e-5 < moved, (worst, moved)
 
 

@@ -21,6 +21,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 class CliError(Exception):
     """Bad input that the user can fix: printed as one line, exit status 2."""
 
+    exit_status = 2
+
+
+class WorkError(CliError):
+    """Damage found part-way through the work (an unreadable bag region, image or checkpoint): printed as one
+    line, exit status 1; what was done before it is kept, and re-running resumes."""
+
+    exit_status = 1
+
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser of `command` (every subcommand's when None); the others are listed by name and help only."""
@@ -46,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._module.run(args) or 0)
     except CliError as error:
         print(f"stereo-distill {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_status
     except KeyboardInterrupt:
         print(f"stereo-distill {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -1,14 +1,15 @@
 """Stereo data sources behind one reader interface.
 
-Every source yields `StereoSample`s: a name, the left and right image files, optionally a ground-truth disparity
-file in that dataset's own encoding, and optionally the rectified calibration. Layouts understood by
-`open_dataset` (autodetected):
+Every source yields `StereoSample`s: a name, the left and right image files and optionally a ground-truth
+disparity file in that dataset's own encoding (read by `image_files`). Layouts understood by `open_dataset`
+(autodetected):
 
 - ours (and InStereo2K, whose per-sample folders it copies): `DATA/<sample>/left.png`, `right.png`, optional
-  `left_disp.png` (uint16, disparity x 100, 0 = invalid), optional `DATA/camera_info.yaml`. Sample folders may be
+  `left_disp.png` (uint16, disparity x 100, 0 = invalid), optional `DATA/camera_info.yaml` (`camera_info_yaml`;
+  not needed here: labelling, training and evaluation work on disparity). Sample folders may be
   nested (InStereo2K as downloaded: `train/part*/<id>/`, `test/<id>/`); the name is the relative path.
 - Middlebury 2014 / MiddEval3: folders with `im0.png`, `im1.png`, optional `disp0GT.pfm` or `disp0.pfm`
-  (inf = invalid), optional `calib.txt`.
+  (inf = invalid).
 - KITTI 2015 (`image_2`, `image_3`, `disp_occ_0`) and KITTI 2012 (`colored_0`, `colored_1`, `disp_occ`):
   uint16 PNG, disparity x 256, 0 = invalid.
 - two plain folders `left/` and `right/`, paired by sorted file name (equal counts required).
@@ -18,227 +19,27 @@ Images are returned as uint8 RGB [H, W, 3]; disparities as float32 [H, W] with N
 from __future__ import annotations
 
 import hashlib
-import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, overload
 
-import cv2
 import numpy as np
-import yaml
 
-from stereo_depth_ros.atomic_io import atomic_path, atomic_write_bytes
+from .image_files import DatasetError, read_image, read_pfm_disparity, read_scaled_disparity_png
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
-CAMERA_INFO_FILE = "camera_info.yaml"
-
-
-class DatasetError(ValueError):
-    """A dataset or one of its files cannot be read; the message names the path."""
-
-
-# ---------------------------------------------------------------------------------------------------- file formats
-def read_image(path: str | Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3]; grey images are repeated over the three channels."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"cannot read image {path} (missing, truncated or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Atomically write uint8 RGB [H, W, 3] or grey [H, W] (or uint16 grey) as a lossless file chosen by suffix."""
-    image = np.ascontiguousarray(image)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    _imwrite_atomic(path, image)
-
-
-def read_scaled_disparity_png(path: str | Path, scale: float) -> np.ndarray:
-    """uint16 PNG holding disparity * scale, 0 = invalid (InStereo2K: scale 100, KITTI: 256) -> float32, NaN invalid."""
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise DatasetError(f"cannot read disparity {path}")
-    if raw.dtype != np.uint16 or raw.ndim != 2:
-        raise DatasetError(f"disparity {path} must be a single-channel uint16 PNG, got {raw.dtype} {raw.shape}")
-    disp = raw.astype(np.float32) / np.float32(scale)
-    disp[raw == 0] = np.nan
-    return disp
-
-
-def write_scaled_disparity_png(path: str | Path, disparity: np.ndarray, scale: float) -> None:
-    """Inverse of `read_scaled_disparity_png`: non-finite or non-positive values are stored as 0 (invalid)."""
-    disparity = np.asarray(disparity, np.float64)
-    valid = np.isfinite(disparity) & (disparity > 0)
-    raw = np.zeros(disparity.shape, np.uint16)
-    raw[valid] = np.clip(np.round(disparity[valid] * scale), 1, 65535).astype(np.uint16)
-    _imwrite_atomic(path, raw)
-
-
-def read_pfm(path: str | Path) -> np.ndarray:
-    """Portable float map -> float32 [H, W] (or [H, W, 3] for colour `PF` files), top row first.
-
-    PFM stores rows bottom to top; the sign of the scale line gives the byte order (negative = little-endian).
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise DatasetError(f"cannot read PFM {path}: {error.strerror}") from None
-    # Three whitespace-separated header tokens, then exactly one whitespace byte before the raster.
-    match = re.match(rb"(P[Ff])\s+(\d+)\s+(\d+)\s+([-+0-9.eE]+)\s", data)
-    if match is None:
-        raise DatasetError(f"{path} is not a PFM file (bad header)")
-    channels = 3 if match.group(1) == b"PF" else 1
-    width, height, scale = int(match.group(2)), int(match.group(3)), float(match.group(4))
-    dtype = np.dtype("<f4") if scale < 0 else np.dtype(">f4")
-    count = width * height * channels
-    raster = data[match.end():]
-    if len(raster) < count * 4:
-        raise DatasetError(f"PFM {path} is truncated: {len(raster)} of {count * 4} raster bytes")
-    values = np.frombuffer(raster, dtype, count).astype(np.float32)
-    shape = (height, width, channels) if channels == 3 else (height, width)
-    return np.ascontiguousarray(values.reshape(shape)[::-1])
-
-
-def write_pfm(path: str | Path, array: np.ndarray) -> None:
-    """Atomically write float32 [H, W] (or [H, W, 3]) as little-endian PFM (negative scale, bottom row first)."""
-    array = np.asarray(array, np.float32)
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
-        raise ValueError(f"PFM holds [H, W] or [H, W, 3] arrays, got {array.shape}")
-    kind = "PF" if array.ndim == 3 else "Pf"
-    header = f"{kind}\n{array.shape[1]} {array.shape[0]}\n-1.0\n".encode()
-    atomic_write_bytes(path, header + np.ascontiguousarray(array[::-1]).astype("<f4").tobytes())
-
-
-def read_pfm_disparity(path: str | Path) -> np.ndarray:
-    """Middlebury ground truth: float32 [H, W], inf (unknown) -> NaN."""
-    disp = read_pfm(path)
-    if disp.ndim != 2:
-        raise DatasetError(f"disparity PFM {path} must have one channel")
-    disp[~np.isfinite(disp)] = np.nan
-    return disp
-
-
-def _imwrite_atomic(path: str | Path, image: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise DatasetError(f"cannot encode image for {path}")
-
-
-# ----------------------------------------------------------------------------------------------------- calibration
-@dataclass(frozen=True)
-class StereoCalibration:
-    """Rectified pair geometry in pixels of the images as stored.
-
-    depth [m] = fx * baseline / (disparity + doffs), doffs = cx_right - cx (0 for ROS-rectified pairs).
-    """
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    cx_right: float
-    baseline: float  # metres
-    width: int
-    height: int
-
-    @property
-    def doffs(self) -> float:
-        return self.cx_right - self.cx
-
-    @classmethod
-    def from_camera_info(cls, left: dict, right: dict) -> "StereoCalibration":
-        """From two camera_calibration_parsers dicts (or sensor_msgs/CameraInfo fields as a dict: `p`/`P`)."""
-        p_left, p_right = _projection(left), _projection(right)
-        if p_right[0] == 0:
-            raise DatasetError("right camera projection has fx = 0")
-        return cls(
-            fx=p_left[0], fy=p_left[5], cx=p_left[2], cy=p_left[6], cx_right=p_right[2],
-            baseline=-p_right[3] / p_right[0],
-            width=int(left.get("image_width", left.get("width", 0))),
-            height=int(left.get("image_height", left.get("height", 0))),
-        )
-
-    @classmethod
-    def from_middlebury(cls, path: str | Path) -> "StereoCalibration":
-        """Middlebury `calib.txt`: cam0/cam1 intrinsics, doffs, baseline in mm, width, height."""
-        values: dict[str, str] = {}
-        for line in Path(path).read_text().splitlines():
-            if "=" in line:
-                key, value = line.split("=", 1)
-                values[key.strip()] = value.strip()
-        try:
-            cam0 = [float(v) for v in re.split(r"[\s;\[\]]+", values["cam0"]) if v]
-            cam1 = [float(v) for v in re.split(r"[\s;\[\]]+", values["cam1"]) if v]
-            return cls(
-                fx=cam0[0], fy=cam0[4], cx=cam0[2], cy=cam0[5], cx_right=cam1[2],
-                baseline=float(values["baseline"]) / 1000.0,
-                width=int(values["width"]), height=int(values["height"]),
-            )
-        except (KeyError, IndexError, ValueError) as error:
-            raise DatasetError(f"cannot parse Middlebury calibration {path}: {error!r}") from None
-
-
-def _projection(info: dict) -> list[float]:
-    for key in ("projection_matrix", "P", "p"):
-        if key in info:
-            value = info[key]
-            data = value["data"] if isinstance(value, dict) else value
-            data = [float(v) for v in data]
-            if len(data) != 12:
-                raise DatasetError(f"camera info {key} must have 12 entries, got {len(data)}")
-            return data
-    raise DatasetError("camera info has no projection matrix")
-
-
-def camera_info_to_dict(msg) -> dict:
-    """A sensor_msgs/CameraInfo (rclpy or rosbags object) -> the camera_calibration_parsers YAML layout."""
-
-    def matrix(values, rows: int, cols: int) -> dict:
-        return {"rows": rows, "cols": cols, "data": [float(v) for v in values]}
-
-    distortion = [float(v) for v in msg.d]
-    return {
-        "image_width": int(msg.width),
-        "image_height": int(msg.height),
-        "camera_name": str(msg.header.frame_id),
-        "frame_id": str(msg.header.frame_id),
-        "camera_matrix": matrix(msg.k, 3, 3),
-        "distortion_model": str(msg.distortion_model),
-        "distortion_coefficients": matrix(distortion, 1, len(distortion)),
-        "rectification_matrix": matrix(msg.r, 3, 3),
-        "projection_matrix": matrix(msg.p, 3, 4),
-    }
-
-
-def write_camera_info(path: str | Path, left: dict, right: dict) -> None:
-    """DATA/camera_info.yaml: `{left: <calibration yaml>, right: <calibration yaml>}`, written atomically."""
-    text = yaml.safe_dump({"left": left, "right": right}, sort_keys=False)
-    atomic_write_bytes(path, text.encode())
-
-
-def read_camera_info(path: str | Path) -> tuple[dict, dict]:
-    try:
-        content = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise DatasetError(f"cannot read camera info {path}: {error}") from None
-    if not isinstance(content, dict) or not {"left", "right"} <= set(content):
-        raise DatasetError(f"camera info {path} must map 'left' and 'right' to calibration blocks")
-    return content["left"], content["right"]
 
 
 # ---------------------------------------------------------------------------------------------------------- sample
 @dataclass(frozen=True)
 class StereoSample:
-    """One rectified pair. `disparity` (optional) is read by `disparity_reader`; `calibration` is optional."""
+    """One rectified pair. `disparity` (optional) is read by `disparity_reader`."""
 
     name: str
     left: Path
     right: Path
     disparity: Path | None = None
     disparity_reader: Callable[[Path], np.ndarray] | None = field(default=None, repr=False, compare=False)
-    calibration: StereoCalibration | None = None
 
     @property
     def has_disparity(self) -> bool:
@@ -284,10 +85,16 @@ class StereoDataset(Sequence[StereoSample]):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    @overload
+    def __getitem__(self, index: int) -> StereoSample: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[StereoSample]: ...
+
+    def __getitem__(self, index: int | slice) -> StereoSample | list[StereoSample]:
         return self.samples[index]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[StereoSample]:
         return iter(self.samples)
 
     def names(self) -> list[str]:
@@ -328,9 +135,8 @@ def _walk_dirs(root: Path, max_depth: int) -> list[Path]:
     """root and its subfolders up to max_depth levels, sorted, hidden folders skipped."""
     found, frontier = [root], [root]
     for _ in range(max_depth):
-        frontier = sorted(
-            child for folder in frontier for child in folder.iterdir() if child.is_dir() and not child.name.startswith(".")
-        )
+        frontier = sorted(child for folder in frontier for child in folder.iterdir()
+                          if child.is_dir() and not child.name.startswith("."))
         found.extend(frontier)
     return found
 
@@ -342,13 +148,6 @@ def _relative_name(folder: Path, root: Path) -> str:
 
 def read_folder_pairs(root: Path) -> StereoDataset:
     """Our layout and InStereo2K (any depth): folders holding left.png and right.png."""
-    calibration = None
-    if (root / CAMERA_INFO_FILE).is_file():
-        # Only depth needs the calibration; a degenerate one must not stop labelling or training on the images.
-        try:
-            calibration = StereoCalibration.from_camera_info(*read_camera_info(root / CAMERA_INFO_FILE))
-        except DatasetError as error:
-            print(f"warning: {root / CAMERA_INFO_FILE}: {error}; the set has no calibration", file=sys.stderr)
     samples = []
     for left in sorted(root.rglob("left.png")):
         folder = left.parent
@@ -359,7 +158,6 @@ def read_folder_pairs(root: Path) -> StereoDataset:
         samples.append(StereoSample(
             name=_relative_name(folder, root), left=left, right=right,
             disparity=disp if disp.is_file() else None, disparity_reader=_instereo_disp if disp.is_file() else None,
-            calibration=calibration,
         ))
     return StereoDataset(root, "folders", samples)
 
@@ -372,11 +170,9 @@ def read_middlebury(root: Path) -> StereoDataset:
         if not (folder / "im1.png").is_file():
             continue
         disp = next((folder / n for n in ("disp0GT.pfm", "disp0.pfm") if (folder / n).is_file()), None)
-        calib = folder / "calib.txt"
         samples.append(StereoSample(
             name=_relative_name(folder, root), left=left, right=folder / "im1.png",
             disparity=disp, disparity_reader=read_pfm_disparity if disp else None,
-            calibration=StereoCalibration.from_middlebury(calib) if calib.is_file() else None,
         ))
     return StereoDataset(root, "middlebury", samples)
 
@@ -403,7 +199,8 @@ def read_kitti(root: Path) -> StereoDataset:
                 disp = folder / gt_dir / left.name
                 samples.append(StereoSample(
                     name=prefix + left.stem, left=left, right=rights[left.name],
-                    disparity=disp if disp.is_file() else None, disparity_reader=_kitti_disp if disp.is_file() else None,
+                    disparity=disp if disp.is_file() else None,
+                    disparity_reader=_kitti_disp if disp.is_file() else None,
                 ))
     return StereoDataset(root, layout_name, samples)
 
@@ -415,7 +212,7 @@ def read_left_right_folders(left_dir: Path, right_dir: Path, root: Path | None =
         raise DatasetError(
             f"{left_dir} has {len(lefts)} images but {right_dir} has {len(rights)}; pairs are matched by sorted name"
         )
-    samples = [StereoSample(name=l.stem, left=l, right=r) for l, r in zip(lefts, rights)]
+    samples = [StereoSample(name=left.stem, left=left, right=right) for left, right in zip(lefts, rights, strict=True)]
     return StereoDataset(root or left_dir.parent, "left_right_folders", samples)
 
 
@@ -456,8 +253,5 @@ def open_dataset(path: str | Path) -> StereoDataset:
 
 
 __all__ = [
-    "DatasetError", "StereoCalibration", "StereoDataset", "StereoSample", "camera_info_to_dict", "open_dataset",
-    "read_camera_info", "read_image", "read_left_right_folders", "read_pfm", "read_pfm_disparity",
-    "read_scaled_disparity_png", "split_samples", "write_camera_info", "write_image", "write_pfm",
-    "write_scaled_disparity_png",
+    "DatasetError", "StereoDataset", "StereoSample", "open_dataset", "read_left_right_folders", "split_samples",
 ]

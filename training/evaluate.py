@@ -1,8 +1,10 @@
-"""Evaluate a stereo model (our checkpoints, official ones, or an exported ONNX file) on DATA.
+"""Evaluate a stereo model (our checkpoints, official ones, an exported ONNX file, or `sgbm`) on DATA.
 
-Metrics (EPE, D1, bad-1/2/3) are pooled over the valid pixels of every pair, against ground truth where DATA
-has it for every pair, else against the teacher's labels (--reference forces one). `--compare TEACHER BEFORE`
-evaluates the teacher and the student before distillation on the same pairs and writes a picture with the
+Every model runs through the estimator the node runs (`stereo_depth_ros.inference.open_estimator`), so a
+`.pth` and its ONNX export are scored on the same disparities (NaN where the estimator has no value). Metrics
+(stereo_devkit.metrics: EPE, D1, bad-1/2/3, coverage) are pooled over the valid pixels of every pair, against
+ground truth where DATA has it for every pair, else against the teacher's labels (--reference forces one).
+`--compare TEACHER BEFORE` evaluates the teacher and the student before distillation on the same pairs and writes a picture with the
 disparity and error maps side by side.
 """
 from __future__ import annotations
@@ -14,19 +16,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from stereo_depth_ros.atomic_io import atomic_write_json
-from .cli import CliError
-from .metrics import DisparityMetrics
+from stereo_depth_ros.model_names import MODEL_NAMES
+from stereo_devkit.metrics import DisparityMetrics
 
-MODEL_NAMES = ("rt_igev", "selective_igev")
+from .cli import CliError
+from .datasets import DatasetError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint (.pth, ours or official) or exported .onnx file")
+    parser.add_argument("--model", required=True,
+                        help="checkpoint (.pth, ours or official), exported .onnx file, or 'sgbm' (OpenCV baseline)")
     parser.add_argument("--arch", choices=("auto",) + MODEL_NAMES, default="auto",
                         help="network of a .pth checkpoint (auto: its saved config, else try rt_igev then "
                              "selective_igev)")
@@ -35,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", choices=("auto", "ground_truth", "labels"), default="auto",
                         help="auto: ground truth when every pair has it, else labels")
     parser.add_argument("--iters", type=int, default=None, help="GRU iterations (default: the model's valid_iters)")
-    parser.add_argument("--max-disp", type=int, default=None, help="override the model's max_disp (torch models)")
+    parser.add_argument("--max-disp", type=int, default=None,
+                        help="override the model's max_disp (torch models; sgbm: its search range, default 192)")
     parser.add_argument("--split", choices=("all", "val", "train"), default="all",
                         help="which pairs: all, or one side of train's seeded split (same --seed/--val-fraction)")
     parser.add_argument("--seed", type=int, default=666, help="split seed (as `train --seed`)")
@@ -54,82 +59,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- models
-Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
 @dataclass
 class LoadedModel:
     description: str
-    predict: Predictor  # (left uint8 [H,W,3], right) -> float32 [H,W] (NaN = no value)
+    estimator: Any  # stereo_depth_ros.inference.StereoEstimator
 
-
-def _device(arg: str) -> str:
-    if arg != "auto":
-        return arg
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _saved_model_name(path: Path) -> str | None:
-    """Our training checkpoints remember the network; official state_dicts do not."""
-    import torch
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 -- the loader below reports unreadable files properly
-        return None
-    if isinstance(obj, dict):
-        for key in ("name", "model_name", "arch"):
-            if isinstance(obj.get(key), str) and obj[key] in MODEL_NAMES:
-                return obj[key]
-    return None
+    def predict(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """(left uint8 [H,W,3], right) -> float32 [H,W], NaN where the estimator has no value."""
+        return self.estimator.estimate(left, right).disparity
 
 
 def load_predictor(path: str, arch: str = "auto", iters: int | None = None, max_disp: int | None = None,
                    device: str = "auto") -> LoadedModel:
-    """A pair -> disparity function for a .pth checkpoint (torch, model.predict) or an .onnx file.
+    """The estimator `path` names, as the node would run it (CliError with one line when it cannot be opened)."""
+    from stereo_depth_ros.inference import EstimatorSourceError, open_estimator, source_kind
 
-    ONNX files run through the node's onnxruntime estimator, so evaluation measures exactly what the node runs.
-    """
-    model_path = Path(path)
-    if not model_path.is_file():
-        raise CliError(f"model file {model_path} does not exist")
-    if model_path.suffix.lower() == ".onnx":
-        from stereo_depth_ros.inference import create_estimator
-
-        try:
-            options = {"providers": ["CPUExecutionProvider"]} if device == "cpu" else {}
-            estimator = create_estimator("onnxruntime", model_path=str(model_path), **options)
-        except (OSError, ValueError, RuntimeError) as error:
-            raise CliError(f"cannot load ONNX model {model_path}: {str(error).splitlines()[0]}") from None
-        return LoadedModel(f"onnx:{model_path.name}", lambda l, r: estimator.estimate(l, r).disparity)
-
-    import torch
-
-    from stereo_depth_ros.models import load_model
-
-    dev = _device(device)
-    overrides = {"max_disp": max_disp} if max_disp else {}
-    names = [arch] if arch != "auto" else ([_saved_model_name(model_path)] if _saved_model_name(model_path) else
-                                          list(MODEL_NAMES))
-    errors = []
-    for name in names:
-        try:
-            model = load_model(name, checkpoint=str(model_path), device=dev, **overrides)
-            break
-        except (OSError, ValueError, RuntimeError, KeyError) as error:
-            errors.append(f"{name}: {str(error).splitlines()[0]}")
-    else:
-        raise CliError(f"cannot load {model_path}: " + "; ".join(errors))
-    model.eval()
-
-    @torch.no_grad()
-    def predict(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).permute(2, 0, 1)[None].to(dev)  # noqa: E731
-        return model.predict(to_t(left), to_t(right), iters=iters).float()[0, 0].cpu().numpy()
-
-    return LoadedModel(f"{model.name}:{model_path.name}", predict)
+    try:
+        estimator = open_estimator(path, model=arch, device=device, iters=iters, max_disparity=max_disp,
+                                   providers=["CPUExecutionProvider"] if device == "cpu" else None,
+                                   with_confidence=False)
+    except EstimatorSourceError as error:
+        raise CliError(str(error)) from None
+    kind = source_kind(path)
+    name = getattr(getattr(estimator, "model", None), "name", None) or getattr(estimator, "model_name", None)
+    description = "sgbm" if kind == "opencv_sgbm" else f"{'onnx' if kind == 'onnxruntime' else name}:{Path(path).name}"
+    return LoadedModel(description, estimator)
 
 
 # ----------------------------------------------------------------------------------------------- references
@@ -169,7 +123,8 @@ def collect_pairs(args) -> tuple[list[Any], str, Path | None]:
     if reference == "ground_truth":
         samples = [s for s in samples if s.has_disparity]
         if not samples:
-            raise CliError(f"no pair of {args.data} has ground truth; pass --labels LABELS")
+            hint = "use --reference labels" if labels is not None else "pass --labels LABELS"
+            raise CliError(f"no pair of {args.data} has ground truth; {hint}")
     else:
         if labels is None:
             raise CliError(f"{args.data} has no ground truth for every pair; pass --labels LABELS")
@@ -182,7 +137,7 @@ def collect_pairs(args) -> tuple[list[Any], str, Path | None]:
 
 
 def load_pair(sample, reference: str, labels: Path | None) -> EvalPair:
-    from .train import read_label
+    from .label_files import read_label
 
     left, right = sample.load_pair()
     if reference == "ground_truth":
@@ -227,16 +182,16 @@ def comparison_picture(pairs: list[EvalPair], columns: list[tuple[str, list[np.n
     """
     import cv2
 
-    from .train import colorize
+    from stereo_devkit.outputs import colourise
 
     rows = []
     for i, pair in enumerate(pairs):
         ref = np.where(pair.valid, pair.reference, np.nan)
         vmax = float(np.nanpercentile(ref, 99)) if np.isfinite(ref).any() else None
-        tiles = [pair.left.astype(np.uint8), colorize(ref, vmax)]
+        tiles = [pair.left.astype(np.uint8), colourise(ref, 0.0, vmax)]
         errors = []
         for _, preds in columns:
-            tiles.append(colorize(preds[i], vmax))
+            tiles.append(colourise(preds[i], 0.0, vmax))
             err = np.clip(np.abs(preds[i] - pair.reference) / max_error, 0, 1)
             err_img = np.repeat((np.nan_to_num(err, nan=1.0) * 255).astype(np.uint8)[..., None], 3, axis=2)
             err_img[~pair.valid] = (20, 20, 80)
@@ -253,7 +208,7 @@ def comparison_picture(pairs: list[EvalPair], columns: list[tuple[str, list[np.n
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    from .datasets import DatasetError, write_image
+    from .image_files import DatasetError, write_image
 
     try:
         write_image(path, rgb)
@@ -277,7 +232,15 @@ def run(args) -> int:
     if args.iters is not None and args.iters < 1:
         raise CliError(f"--iters must be >= 1, got {args.iters}")
     samples, reference, labels = collect_pairs(args)
-    pairs = [load_pair(s, reference, labels) for s in samples]
+    pairs, unreadable = [], {}
+    for sample in samples:
+        try:
+            pairs.append(load_pair(sample, reference, labels))
+        except DatasetError as error:  # like `label`: the pair is left out, named, and the exit status says so
+            print(f"eval: skipping {sample.name}: {error}", file=sys.stderr)
+            unreadable[sample.name] = str(error)
+    if not pairs:
+        raise CliError(f"no pair of {args.data} could be read")
     model = load_predictor(args.model, args.arch, args.iters, args.max_disp, args.device)
     n_keep = min(len(pairs), 4) if args.compare else 0
     result, kept = evaluate_model(model, pairs, reference, keep_predictions=n_keep)
@@ -297,6 +260,8 @@ def run(args) -> int:
         for label, res in (("teacher", teacher_res), ("student before", before_res), ("student after", result)):
             print(f"{label:<28}{res['epe']:>9.3f}{res['d1']:>9.4f}{res['bad1']:>9.4f}{res['bad3']:>9.4f}",
                   file=sys.stderr)
+    if unreadable:
+        result["unreadable"] = unreadable
     result = _clean(result)
     brief = {k: v for k, v in result.items() if k != "per_pair"}
     if "compare" in brief:
@@ -305,4 +270,8 @@ def run(args) -> int:
     print(json.dumps(brief, indent=2))
     if args.out:
         atomic_write_json(args.out, result)
+    if unreadable:
+        print(f"eval: {len(unreadable)} pair(s) could not be read and are not in the metrics: "
+              f"{', '.join(unreadable)}", file=sys.stderr)
+        return 1
     return 0

@@ -214,7 +214,7 @@ def run(args) -> int:
         raise CliError(f"--opset must be >= 17 (GridSample), got {args.opset}")
     if (args.height is None) != (args.width is None):
         raise CliError("give both --height and --width (or neither: 480 x 640)")
-    height, width = (args.height, args.width) if args.height else (480, 640)
+    height, width = (args.height, args.width) if args.height is not None else (480, 640)
     if height < 32 or width < 32:
         raise CliError(f"input size {height}x{width} is too small (at least 32x32)")
     if args.iters is not None and args.iters < 1:

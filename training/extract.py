@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from stereo_depth_ros.atomic_io import atomic_write_json
-from .cli import CliError
+from stereo_depth_ros.sync import stamp_ns
+
+from .cli import CliError, WorkError
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
@@ -108,10 +110,6 @@ def message_to_rgb(msg, msgtype: str) -> np.ndarray:
     return image_to_rgb(msg)
 
 
-def stamp_ns(msg) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-
-
 def sample_complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in SAMPLE_FILES)
 
@@ -178,7 +176,11 @@ def _iterate(reader, connections, bag: Path):
 
 
 def _scan(reader, bag: Path, left_conns, right_conns, info_conns) -> tuple[list[Frame], list[Frame], dict, str | None]:
-    """Pass 1: stamps of every image, first CameraInfo per side. Returns the read error (if any) instead of raising."""
+    """Pass 1: stamps of every image, first CameraInfo per side. Returns the read error (if any) instead of raising.
+
+    A damaged region can also end the reader's iteration early without an error (mcap chunks after it are not
+    found): the image counts are checked against the message counts the bag's own index lists.
+    """
     left_ids = {c.id for c in left_conns}
     right_ids = {c.id for c in right_conns}
     frames: dict[str, list[Frame]] = {"left": [], "right": []}
@@ -194,13 +196,21 @@ def _scan(reader, bag: Path, left_conns, right_conns, info_conns) -> tuple[list[
                 infos.setdefault(side, msg)
     except BagReadError as read_error:
         error = str(read_error)
+    if error is None:
+        missing = [f"{conns[0].topic} {len(frames[side])} of {sum(c.msgcount for c in conns)}"
+                   for side, conns in (("left", left_conns), ("right", right_conns))
+                   if len(frames[side]) < sum(c.msgcount for c in conns)]
+        if missing:
+            error = (f"bag {bag} is damaged: only part of its messages could be read ({', '.join(missing)} "
+                     "messages its index lists)")
     return frames["left"], frames["right"], infos, error
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .datasets import camera_info_to_dict, read_camera_info, write_camera_info, write_image
+    from .camera_info_yaml import camera_info_to_dict, read_camera_info, write_camera_info
+    from .image_files import write_image
 
     if args.stride < 1:
         raise CliError(f"--stride must be >= 1, got {args.stride}")
@@ -303,8 +313,8 @@ def run(args: argparse.Namespace) -> int:
     print(summary, file=sys.stderr)
     error = read_error or scan_error
     if error:
-        raise CliError(f"{error}; the {written + skipped} pairs before it are complete in {out}; "
-                       "re-run on a repaired bag to add the rest")
+        raise WorkError(f"{error}; the {written + skipped} pairs read before the damage are complete in {out}; "
+                        "re-run on a repaired bag to add the rest")
     # Unconvertible frames do not stop the run, but the exit status tells a script that some pairs are missing.
     return 1 if failures else 0
 

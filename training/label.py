@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from stereo_depth_ros.atomic_io import atomic_write, atomic_write_json
 from .cli import CliError
 from .provenance import sha256_file, software_versions
+
+if TYPE_CHECKING:
+    from .distributed import Distributed
 
 MANIFEST = "manifest.json"
 RECORD = "label.json"  # written last: marks a sample complete
@@ -169,7 +170,7 @@ def remove_partials(folder: Path) -> None:
 
 
 def write_label(folder: Path, disparity: np.ndarray, valid: np.ndarray) -> dict:
-    from .datasets import write_image
+    from .image_files import write_image
 
     atomic_write(folder / "disparity.npy", lambda handle: np.save(handle, disparity.astype(np.float32)))
     write_image(folder / "valid.png", np.where(valid, 255, 0).astype(np.uint8))
@@ -229,44 +230,6 @@ def plan_batches(samples, batch_size: int) -> list[list]:
 
 
 # ------------------------------------------------------------------------------------------------------ runner
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        if self.active:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-
-def init_distributed(device_arg: str | None) -> tuple[Distributed, str]:
-    """torchrun's environment -> process group (nccl on CUDA, gloo on CPU) and this rank's device."""
-    import torch
-
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = device_arg or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and world_size > 1:
-        device = f"cuda:{local_rank}"
-    if device.startswith("cuda:"):
-        torch.cuda.set_device(torch.device(device))  # NCCL collectives run on the current device
-    if world_size > 1:
-        import torch.distributed as dist
-
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        if not dist.is_initialized():
-            dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
-    return Distributed(rank, world_size, local_rank), device
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -290,18 +253,15 @@ def run(args: argparse.Namespace) -> int:
     if thresholds.lr_threshold < 0:
         raise CliError(f"--lr-threshold must be >= 0, got {thresholds.lr_threshold}")
 
-    dist_info, device = init_distributed(args.device)
-    try:
-        return _label_all(args, dataset, out, thresholds, dist_info, device, torch, tqdm)
-    finally:
-        if dist_info.active:
-            import torch.distributed as dist
+    from .distributed import distributed
 
-            dist.destroy_process_group()
+    with distributed(args.device) as dist_info:
+        return _label_all(args, dataset, out, thresholds, dist_info, dist_info.device, torch, tqdm)
 
 
-def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info: Distributed, device: str, torch, tqdm):
+def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info: Distributed, device, torch, tqdm):
     from stereo_depth_ros.models import load_model
+    from stereo_depth_ros.models.images import rgb_batch
 
     from .datasets import DatasetError
 
@@ -345,9 +305,7 @@ def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info: Dist
             members.append(sample)
         if not members:
             continue
-        left_t = torch.from_numpy(np.stack(lefts)).permute(0, 3, 1, 2).float().to(device)
-        right_t = torch.from_numpy(np.stack(rights)).permute(0, 3, 1, 2).float().to(device)
-        disparity, valid = label_batch(model, left_t, right_t, None, thresholds)
+        disparity, valid = label_batch(model, rgb_batch(lefts, device), rgb_batch(rights, device), None, thresholds)
         for k, sample in enumerate(members):
             if not sample_complete(out / sample.name):
                 write_label(out / sample.name, disparity[k], valid[k])

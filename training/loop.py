@@ -63,7 +63,7 @@ def _stage(name: str, argv: list[str], timings: dict[str, float]) -> None:
 
 def _add_ground_truth(data: Path, pairs) -> int:
     """Extracted samples are named <pair index>_<stamp> in bag order: give each its Motorcycle ground truth."""
-    from .datasets import write_scaled_disparity_png
+    from .image_files import write_scaled_disparity_png
 
     folders = sorted(p for p in data.iterdir() if p.is_dir() and (p / "left.png").is_file())
     added = 0

@@ -47,7 +47,7 @@ def motorcycle_crops(size: tuple[int, int] = (96, 160), scales: tuple[float, ...
 
 def write_data(root: str | Path, pairs: list[ToyPair], with_ground_truth: bool = True) -> Path:
     """DATA/<name>/left.png, right.png and (optionally) left_disp.png (uint16, disparity x 100, 0 = invalid)."""
-    from .datasets import write_image, write_scaled_disparity_png
+    from .image_files import write_image, write_scaled_disparity_png
 
     root = Path(root)
     for pair in pairs:

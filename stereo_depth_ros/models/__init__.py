@@ -8,6 +8,7 @@ Where things live:
   geometry.py      GeometryEncoding: volume lookup, optional all-pairs correlation (teacher)
   upsample.py      context_upsample (convex x4)
   padding.py       InputPadder (/32, replicate, both sides)
+  images.py        rgb_batch: numpy RGB images -> the float32 [N, 3, H, W] tensor predict takes
   update.py        ConvGRU, MotionEncoder, DispHead, mask_feature_head (shared update pieces)
   base.py          IGEVBase: the shared forward skeleton, precision, train()/freeze_bn, predict, confidence
   rt_igev.py       RTIGEVConfig, RTUpdateBlock, RTIGEVStereo ("rt_igev")
@@ -22,23 +23,22 @@ Where things live:
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import warnings
 from typing import Any
 
 import torch
 
+from stereo_depth_ros.model_names import MODEL_NAMES
+
 from .base import IGEVBase
 from .checkpoint import CheckpointError, load_state_dict_strict, read_checkpoint, save_checkpoint
 from .config import PRECISIONS, IGEVConfig
 from .registry import available_models, get_model_class, register_model
 
-# Modules whose import registers a network. The teacher's module is optional until it lands.
-_MODEL_MODULES = ("rt_igev", "selective_igev")
-for _module in _MODEL_MODULES:
-    if importlib.util.find_spec(f"{__name__}.{_module}") is not None:
-        importlib.import_module(f"{__name__}.{_module}")
+# Importing a network's module registers it (its module is named like the network).
+for _name in MODEL_NAMES:
+    importlib.import_module(f"{__name__}.{_name}")
 
 __all__ = [
     "CheckpointError",

@@ -1,7 +1,13 @@
-"""Name -> network class registry (`register_model("name")` on the class)."""
+"""Name -> network class registry (`register_model("name")` on the class).
+
+The names themselves are listed in `stereo_depth_ros.model_names` (readable without torch); registering a name
+missing there is refused, so that the list and the registry cannot drift apart.
+"""
 from __future__ import annotations
 
 from typing import Callable, TypeVar
+
+from stereo_depth_ros.model_names import MODEL_NAMES
 
 T = TypeVar("T", bound=type)
 
@@ -12,6 +18,8 @@ def register_model(name: str) -> Callable[[T], T]:
     """Class decorator: makes the network loadable as `load_model(name)` and sets `cls.name`."""
 
     def decorate(cls: T) -> T:
+        if name not in MODEL_NAMES:
+            raise ValueError(f"model name {name!r} is not listed in stereo_depth_ros.model_names.MODEL_NAMES")
         if name in _MODELS and _MODELS[name] is not cls:
             raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].__qualname__}")
         cls.name = name

@@ -2,9 +2,10 @@
 
 The one definition, used by `stereo-distill eval`, training's validation and the demo alike:
 - a pixel counts when the reference is finite there (and the optional `valid` mask allows it);
-- a prediction that is NaN at a counted pixel (no answer: SGBM's holes, a non-positive disparity that the
-  estimator turned into NaN) is an error for D1 and every bad-N: an estimator cannot improve them by not
-  answering;
+- a prediction that is NaN or not positive at a counted pixel is no answer (SGBM's holes; a disparity <= 0 has
+  no depth, and the node publishes it as invalid), and no answer is an error for D1 and every bad-N: an
+  estimator cannot improve them by not answering. So a network's raw output, an estimator's (which turns
+  values <= 0 into NaN) and the node's give the same numbers;
 - EPE is the mean absolute error over the counted pixels the prediction answered (a missing answer has no
   size, and averaging +inf would make EPE meaningless), so read it with `coverage`, the share of counted pixels
   that were answered.
@@ -28,8 +29,8 @@ def pixel_errors(pred: np.ndarray, ref: np.ndarray, valid: np.ndarray | None = N
     """Absolute errors at the pixels that count.
 
     pred, ref: float [H, W] disparities (pred may carry NaN where the estimator had no value);
-    valid: bool [H, W] or None. A pixel counts when `valid` allows it and the reference is finite; a NaN in
-    `pred` at such a pixel counts as an error of +inf (a missing answer is wrong, not excluded).
+    valid: bool [H, W] or None. A pixel counts when `valid` allows it and the reference is finite; a NaN or
+    non-positive `pred` at such a pixel is no answer and counts as an error of +inf (wrong, not excluded).
     Returns (abs_error [N], |ref| [N]) at the counted pixels.
     """
     pred = np.asarray(pred, dtype=np.float64)
@@ -42,8 +43,9 @@ def pixel_errors(pred: np.ndarray, ref: np.ndarray, valid: np.ndarray | None = N
         if valid.shape != ref.shape:
             raise ValueError(f"valid mask {valid.shape} and reference {ref.shape} differ in shape")
         mask &= valid
-    err = np.abs(pred[mask] - ref[mask])
-    err[~np.isfinite(err)] = np.inf
+    answer = pred[mask]
+    err = np.abs(answer - ref[mask])
+    err[~(np.isfinite(err) & (answer > 0))] = np.inf
     return err, np.abs(ref[mask])
 
 
