@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ROS_WHEELS ?= ../shared/ros/wheels
 # The stamp names the inputs of the install, so editing them re-runs it while a second run reuses the venv.
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py setup.cfg 2>/dev/null | sha1sum | cut -c1-12)$(if $(wildcard $(ROS_WHEELS)),-rosw)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py setup.cfg pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)$(if $(wildcard $(ROS_WHEELS)),-rosw)
 
 .PHONY: venv test demo bench loop clean
 venv: $(STAMP)
@@ -21,7 +21,11 @@ $(STAMP):
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-*; touch $@
 
+# Lint (ruff) and type check (mypy) of the three packages first (settings in pyproject.toml), then the tests.
+LINTED := stereo_depth_ros training stereo_devkit
 test: venv
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m mypy
 	$(PY) -m pytest -q tests
 
 demo: venv

@@ -122,7 +122,7 @@ def byte_array(array: np.ndarray) -> pyarray.array:
     slower), and bytes under `check_fields=True` are validated element by element too.
     """
     data = pyarray.array("B")
-    data.frombytes(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    data.frombytes(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
     return data
 
 

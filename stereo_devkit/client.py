@@ -11,7 +11,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 OUTPUT_TOPICS = ("disparity", "depth", "points2", "confidence")
 
@@ -21,7 +21,7 @@ class Received:
     """One output message and the wall-clock time (time.time()) at which the client got it."""
 
     stamp: float
-    msg: object
+    msg: Any
 
 
 class StereoClient:
@@ -59,7 +59,8 @@ class StereoClient:
                   "left_info": "left/camera_info", "right_info": "right/camera_info"}
         topics.update(inputs or {})
         qos_in = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
-                            reliability=ReliabilityPolicy.RELIABLE if reliable_inputs else ReliabilityPolicy.BEST_EFFORT)
+                            reliability=(ReliabilityPolicy.RELIABLE if reliable_inputs
+                                         else ReliabilityPolicy.BEST_EFFORT))
         self.pub = {
             "left_image": self.node.create_publisher(Image, topics["left_image"], qos_in),
             "right_image": self.node.create_publisher(Image, topics["right_image"], qos_in),
@@ -97,7 +98,8 @@ class StereoClient:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             inputs_ok = all(p.get_subscription_count() > 0 for p in self.pub.values())
-            outputs_ok = all(s.get_publisher_count() > 0 for s in self._subs if s.topic_name.endswith(("disparity", "depth")))
+            outputs_ok = all(s.get_publisher_count() > 0 for s in self._subs
+                             if s.topic_name.endswith(("disparity", "depth")))
             if inputs_ok and outputs_ok:
                 # Matching is reported a little before the first sample can flow both ways.
                 time.sleep(0.3)
@@ -125,8 +127,8 @@ class StereoClient:
         with self._cond:
             return len(self.received[topic])
 
-    def wait_for(self, topic: str, predicate: Callable[[object], bool] | None = None, timeout: float = 15.0,
-                 start: int = 0) -> object | None:
+    def wait_for(self, topic: str, predicate: Callable[[Any], bool] | None = None, timeout: float = 15.0,
+                 start: int = 0) -> Any:
         """The first message on `topic` from index `start` on that satisfies `predicate`, or None on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:

@@ -32,7 +32,8 @@ def _load() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def load_motorcycle() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(left, right, disparity) at the native 741x500: uint8 [H, W, 3] RGB views and float32 [H, W] left-view
     ground truth in pixels, NaN where unknown. Fresh copies on every call (the file is read once)."""
-    return tuple(array.copy() for array in _load())  # type: ignore[return-value]
+    left, right, disparity = _load()
+    return left.copy(), right.copy(), disparity.copy()
 
 
 def motorcycle_pair(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

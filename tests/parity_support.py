@@ -18,7 +18,7 @@ def fixture_dir(model_name: str) -> Path:
 def skip_without_fixture(fixture: Path) -> pytest.MarkDecorator:
     return pytest.mark.skipif(
         not (fixture / "weights.pth").is_file(),
-        reason=f"parity fixture not found at {fixture} (it lives beside the repo in ../shared)",
+        reason=f"upstream-parity test: fixture {fixture} absent (it lives beside the repo in ../shared/parity)",
     )
 
 

@@ -100,5 +100,5 @@ def require_ros_tooling() -> None:
         if shutil.which(tool) is None and not (Path(__import__("sys").executable).parent / tool).exists():
             missing.append(f"`{tool}` executable")
     if missing:
-        pytest.skip("real ROS 2 tooling not available: missing " + ", ".join(missing)
-                    + f"; `make test` installs it from {SHARED / 'ros' / 'wheels'} when that folder exists")
+        pytest.skip("needs the ROS tooling wheels (launch, ros2cli, colcon): missing " + ", ".join(missing)
+                    + f"; `make test` installs them from {SHARED / 'ros' / 'wheels'} when that folder exists")

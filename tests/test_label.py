@@ -1,4 +1,5 @@
-"""`stereo-distill label` with the fixture teacher weights on tiny real pairs (Motorcycle crops)."""
+"""`stereo-distill label` with a seeded Selective-IGEV teacher checkpoint (conftest's `teacher_weights`, official
+format) on tiny real pairs (Motorcycle crops)."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,22 +23,14 @@ from stereo_distill.image_files import write_image
 from stereo_distill.label import Thresholds, consistency_mask, label_batch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-WEIGHTS = SHARED / "parity" / "selective_igev" / "weights.pth"
 TEACHER = "selective_igev"
 ITERS, MAX_DISP = 2, 32
 SMALL = ["--model", TEACHER, "--iters", str(ITERS), "--max-disp", str(MAX_DISP)]
 
 
 @pytest.fixture(scope="module")
-def weights() -> Path:
-    if not WEIGHTS.is_file():
-        pytest.skip(f"fixture teacher weights {WEIGHTS} absent (they live in ../shared beside the repo)")
-    from stereo_depth_ros.models import available_models
-
-    if TEACHER not in available_models():
-        pytest.skip(f"{TEACHER} is not registered in stereo_depth_ros.models (teacher module absent)")
-    return WEIGHTS
+def weights(teacher_weights) -> Path:
+    return teacher_weights
 
 
 @pytest.fixture(scope="module")

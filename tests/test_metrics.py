@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from stereo_devkit.metrics import DisparityMetrics, compute_metrics, pixel_errors
 
@@ -60,6 +61,15 @@ def test_missing_predictions_are_bad_not_ignored():
     assert math.isinf(err[1]) and ref_abs.tolist() == [10.0, 10.0]
 
 
+def test_non_positive_predictions_are_no_answer_like_nan():
+    # The estimators (and the node) publish a disparity <= 0 as NaN; the raw network output scores the same.
+    ref = np.array([[10.0, 10.0, 10.0, 4.0]])
+    raw = np.array([[10.5, 0.0, -3.0, 4.0]])
+    as_estimated = np.array([[10.5, np.nan, np.nan, 4.0]])
+    assert compute_metrics(raw, ref) == compute_metrics(as_estimated, ref)
+    assert compute_metrics(raw, ref)["coverage"] == 0.5 and compute_metrics(raw, ref)["bad3"] == 0.5
+
+
 def test_no_valid_pixels_gives_nan_not_a_crash():
     m = compute_metrics(np.ones((2, 2)), np.ones((2, 2)), np.zeros((2, 2), bool))
     assert math.isnan(m["epe"]) and m["valid_fraction"] == 0.0
@@ -71,7 +81,6 @@ def test_shape_mismatch_is_an_error():
 
 
 # ------------------------------------------------------------------------------------------ distillation loss
-torch = pytest.importorskip("torch")
 
 
 def test_sequence_weights_follow_upstream():

@@ -15,10 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from rclpy.qos import ReliabilityPolicy, qos_profile_system_default
-from sensor_msgs.msg import Image
+from rclpy.qos import ReliabilityPolicy
 
-from ros_helpers import (SHARED, TIMEOUT, StampCounter, StereoRigClient, float_image, node_env, small_rig,
+from ros_helpers import (TIMEOUT, StampCounter, StereoRigClient, float_image, node_env, small_rig,
                          start_node)
 from stereo_devkit.client import StereoClient, diagnostic_values, image_message, stamp_from_seconds
 from stereo_devkit.motorcycle import FRAME_ID, motorcycle_rig
@@ -295,15 +294,8 @@ def test_stream_without_camera_info_publishes_disparity_only(tmp_path):
         assert node.stop() == 0, node.log()
 
 
-def test_torch_backend_with_fixture_weights(tmp_path):
-    weights = SHARED / "parity" / "rt_igev" / "weights.pth"
-    if not weights.is_file():
-        pytest.skip(f"parity fixture weights absent: {weights}")
-    try:
-        from stereo_depth_ros.models import load_model  # noqa: F401
-        from stereo_depth_ros.inference import torch_backend  # noqa: F401
-    except Exception as exc:
-        pytest.skip(f"torch backend not importable yet: {type(exc).__name__}: {exc}")
+def test_torch_backend_with_seeded_weights(tmp_path, student_weights):
+    weights = student_weights
     env = node_env(tmp_path)
     # The network runs at a smaller working resolution; outputs come back at the camera's.
     params = {"backend": "torch", "model": "rt_igev", "model_path": str(weights), "device": "cpu", "iters": 2,
@@ -369,24 +361,31 @@ def _input_reliability(client: StereoClient) -> set:
     return policies
 
 
-def test_input_qos_is_sensor_data_by_default(sgbm):
-    node, rc = sgbm
-    assert _input_reliability(rc.client) == {ReliabilityPolicy.BEST_EFFORT}
+# A Fast DDS profile whose default reader is reliable: Fast DDS's own default reader is best effort, like the
+# sensor-data QoS, so without it "sensor data" and "the RMW's default" could not be told apart over DDS.
+RELIABLE_DEFAULT_READERS = """<?xml version="1.0" encoding="UTF-8" ?>
+<dds xmlns="http://www.eprosima.com">
+  <profiles>
+    <data_reader profile_name="reliable_default_readers" is_default_profile="true">
+      <qos><reliability><kind>RELIABLE</kind></reliability></qos>
+    </data_reader>
+  </profiles>
+</dds>
+"""
 
 
-def test_use_system_default_qos_takes_the_rmw_defaults(tmp_path):
-    # As in stereo_image_proc, the switch means "the RMW's default QoS", not a fixed policy. (Fast DDS's default
-    # for a reader is best effort, so here the observable difference is nil; other RMWs differ.)
-    env = node_env(tmp_path)
-    params = {"backend": "opencv_sgbm", "max_disparity": 64, "use_system_default_qos": True}
+@pytest.mark.parametrize("system_default", [False, True], ids=["sensor_data", "system_default"])
+def test_input_qos_sensor_data_or_the_rmw_default(tmp_path, system_default):
+    # As in stereo_image_proc: sensor-data QoS (best effort) by default; `use_system_default_qos` means "the RMW's
+    # default QoS", here made reliable by the profile, so each case fails if the node picked the other one.
+    profile = tmp_path / "reliable_default_readers.xml"
+    profile.write_text(RELIABLE_DEFAULT_READERS)
+    env = node_env(tmp_path, fastdds_profile=profile)
+    params = {"backend": "opencv_sgbm", "max_disparity": 64, "use_system_default_qos": system_default}
     with start_node(tmp_path, env, params) as node, StereoClient(env) as client:
         assert client.wait_for_node(TIMEOUT), node.log()
-        assert node.wait_for_log("system default QoS", timeout=5.0), node.log()
-        probe = client.node.create_subscription(Image, "/qos_probe", lambda msg: None, qos_profile_system_default)
-        expected = {ReliabilityPolicy(i.qos_profile.reliability)
-                    for i in client.node.get_subscriptions_info_by_topic("/qos_probe")}
-        client.node.destroy_subscription(probe)
-        assert _input_reliability(client) == expected
+        expected = ReliabilityPolicy.RELIABLE if system_default else ReliabilityPolicy.BEST_EFFORT
+        assert _input_reliability(client) == {expected}
         rc = StereoRigClient(client, small_rig(256), StampCounter())
         rc.expect_output(rc.publish_valid(info_lead=0.3), "depth")
         assert node.stop() == 0, node.log()

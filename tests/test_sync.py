@@ -7,9 +7,10 @@ import pytest
 from stereo_depth_ros.sync import StereoSynchronizer, message_filters_available
 
 MF_OK, MF_WHY = message_filters_available()
+MF_SKIP = f"needs the ROS tooling wheels (message_filters, from ../shared/ros/wheels): {MF_WHY}"
 IMPLEMENTATIONS = [
     "builtin",
-    pytest.param("message_filters", marks=pytest.mark.skipif(not MF_OK, reason=MF_WHY or "unavailable")),
+    pytest.param("message_filters", marks=pytest.mark.skipif(not MF_OK, reason=MF_SKIP)),
 ]
 
 try:  # real messages where ROS 2 is installed (message_filters needs builtin_interfaces stamps)
@@ -212,7 +213,7 @@ def test_auto_picks_message_filters_when_importable():
     assert sync.implementation == ("message_filters" if MF_OK else "builtin")
 
 
-@pytest.mark.skipif(not MF_OK, reason=MF_WHY or "message_filters unavailable")
+@pytest.mark.skipif(not MF_OK, reason=MF_SKIP)
 @pytest.mark.parametrize("approximate, tolerance", [(False, 0.0), (True, 0.008), (True, 0.0)])
 @pytest.mark.parametrize("seed", range(4))
 def test_builtin_matches_message_filters_on_a_messy_stream(approximate, tolerance, seed):

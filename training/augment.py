@@ -121,7 +121,8 @@ def rescale(sample: dict[str, np.ndarray], rng: np.random.Generator, cfg: Augmen
     return out
 
 
-def random_crop(sample: dict[str, np.ndarray], rng: np.random.Generator, crop: tuple[int, int]) -> dict[str, np.ndarray]:
+def random_crop(sample: dict[str, np.ndarray], rng: np.random.Generator, crop: tuple[int, int]
+                ) -> dict[str, np.ndarray]:
     """The same window in every array (views, disparities, masks)."""
     h, w = sample["left"].shape[:2]
     ch, cw = crop

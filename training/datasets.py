@@ -116,7 +116,8 @@ def split_samples(
     """
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
-    train, val = [], []
+    train: list[StereoSample] = []
+    val: list[StereoSample] = []
     for sample in samples:
         digest = hashlib.sha256(f"{seed}/{sample.name}".encode()).digest()
         (val if int.from_bytes(digest[:8], "big") / 2.0**64 < val_fraction else train).append(sample)

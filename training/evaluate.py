@@ -4,8 +4,8 @@ Every model runs through the estimator the node runs (`stereo_depth_ros.inferenc
 `.pth` and its ONNX export are scored on the same disparities (NaN where the estimator has no value). Metrics
 (stereo_devkit.metrics: EPE, D1, bad-1/2/3, coverage) are pooled over the valid pixels of every pair, against
 ground truth where DATA has it for every pair, else against the teacher's labels (--reference forces one).
-`--compare TEACHER BEFORE` evaluates the teacher and the student before distillation on the same pairs and writes a picture with the
-disparity and error maps side by side.
+`--compare TEACHER BEFORE` evaluates the teacher and the student before distillation on the same pairs and
+writes a picture with the disparity and error maps side by side.
 """
 from __future__ import annotations
 
@@ -155,7 +155,9 @@ def evaluate_model(model: LoadedModel, pairs: list[EvalPair], reference: str, ke
     from tqdm import tqdm
 
     metrics = DisparityMetrics(reference=reference)
-    kept, per_pair, times = [], {}, []
+    kept: list[np.ndarray] = []
+    per_pair: dict[str, dict[str, float]] = {}
+    times: list[float] = []
     for pair in tqdm(pairs, desc=model.description, disable=not progress, unit="pair", file=sys.stderr):
         start = time.perf_counter()
         pred = np.asarray(model.predict(pair.left, pair.right), np.float32)
@@ -165,7 +167,7 @@ def evaluate_model(model: LoadedModel, pairs: list[EvalPair], reference: str, ke
         per_pair[pair.name] = metrics.update(pred, pair.reference, pair.valid)
         if len(kept) < keep_predictions:
             kept.append(pred)
-    result = metrics.result()
+    result: dict[str, Any] = dict(metrics.result())
     result["model"] = model.description
     result["seconds_per_pair"] = float(np.median(times)) if times else float("nan")
     result["per_pair"] = per_pair

@@ -60,7 +60,7 @@ def _export_module(model, iters: int, dtype, confidence: bool = False):
             super().__init__()
             self.net = model
 
-        def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
             h, w = left.shape[-2], left.shape[-1]
             pads = list(pad_lrtb(h, w))  # the model's InputPadder split, on traced sizes
             left_pad, top = pads[0], pads[2]
@@ -205,8 +205,6 @@ def verify(path: Path, reference_model, iters: int, sizes: list[tuple[int, int]]
 
 # ------------------------------------------------------------------------------------------------------ run
 def run(args) -> int:
-    import torch
-
     from stereo_depth_ros.atomic_io import atomic_path
     from stereo_depth_ros.models import load_model
 

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest left/right header stamp difference in seconds for a pair (default: 0.005)")
     parser.add_argument("--left-info-topic", default=None,
                         help="left sensor_msgs/CameraInfo topic (default: the camera_info topic beside --left-topic)")
-    parser.add_argument("--right-info-topic", default=None, help="right CameraInfo topic (default: beside --right-topic)")
+    parser.add_argument("--right-info-topic", default=None,
+                        help="right CameraInfo topic (default: beside --right-topic)")
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,8 @@ def _iterate(reader, connections, bag: Path):
         except StopIteration:
             return
         except Exception as error:
-            raise BagReadError(f"bag {bag} is truncated or corrupt after {count} messages: {_one_line(error)}") from None
+            raise BagReadError(f"bag {bag} is truncated or corrupt after {count} messages: "
+                               f"{_one_line(error)}") from None
         count += 1
         yield connection, msg
 
@@ -264,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         by_left = {p.left.index: p for p in todo}
         by_right = {p.right.index: p for p in todo}
         left_ids = {c.id for c in left_conns}
-        pending: dict[int, dict[str, tuple[np.ndarray, object]]] = {}
+        pending: dict[int, dict[str, tuple[np.ndarray | None, object]]] = {}
         counters = {"left": 0, "right": 0}
         written = 0
         failures: list[str] = []
@@ -311,9 +313,9 @@ def run(args: argparse.Namespace) -> int:
         f"{time.monotonic() - started:.1f} s -> {out}"
     )
     print(summary, file=sys.stderr)
-    error = read_error or scan_error
-    if error:
-        raise WorkError(f"{error}; the {written + skipped} pairs read before the damage are complete in {out}; "
+    damage = read_error or scan_error
+    if damage:
+        raise WorkError(f"{damage}; the {written + skipped} pairs read before the damage are complete in {out}; "
                         "re-run on a repaired bag to add the rest")
     # Unconvertible frames do not stop the run, but the exit status tells a script that some pairs are missing.
     return 1 if failures else 0

@@ -48,11 +48,13 @@ class Thresholds:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", type=Path, metavar="DATA", help="stereo pairs (any layout stereo_distill.datasets reads)")
+    parser.add_argument("data", type=Path, metavar="DATA",
+                        help="stereo pairs (any layout stereo_distill.datasets reads)")
     parser.add_argument("--teacher", type=Path, required=True, metavar="CKPT",
                         help="teacher checkpoint (official Selective-IGEV state_dict or ours)")
     parser.add_argument("--out", type=Path, required=True, metavar="LABELS", help="output folder")
-    parser.add_argument("--model", default="selective_igev", help="registered teacher network (default: selective_igev)")
+    parser.add_argument("--model", default="selective_igev",
+                        help="registered teacher network (default: selective_igev)")
     parser.add_argument("--iters", type=int, default=80, help="GRU iterations (default: 80, upstream's Middlebury)")
     parser.add_argument("--max-disp", type=int, default=768, help="cost volume range in pixels (default: 768)")
     parser.add_argument("--batch-size", type=int, default=1, help="pairs per forward pass; same-size pairs only")
@@ -320,8 +322,8 @@ def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info: Dist
         print(f"label: {labelled} labelled now, {summary['labelled']}/{summary['samples']} complete, "
               f"{summary['failed']} failed, mean valid share {summary['mean_valid_share']}, "
               f"{time.monotonic() - started:.1f} s -> {out}", file=sys.stderr)
-        for name, error in manifest["failures"].items():
-            print(f"label: failed {name}: {error}", file=sys.stderr)
+        for name, why in manifest["failures"].items():
+            print(f"label: failed {name}: {why}", file=sys.stderr)
         return 1 if manifest["failures"] else 0
     # Rank 0 reports every rank's failures; a non-zero exit here could make torchrun stop rank 0 before it has
     # written the manifest.

@@ -87,7 +87,8 @@ def run_loop(params: dict[str, Any], work_dir: Path | None = None, steps: int | 
 
     teacher_ckpt, teacher_stand_in = _resolve_weights(params["teacher.checkpoint"], "selective_igev")
     student_ckpt, student_stand_in = _resolve_weights(params["student.checkpoint"], "rt_igev")
-    for who, stand_in, path in (("teacher", teacher_stand_in, teacher_ckpt), ("student", student_stand_in, student_ckpt)):
+    for who, stand_in, path in (("teacher", teacher_stand_in, teacher_ckpt),
+                                ("student", student_stand_in, student_ckpt)):
         if stand_in:
             summary["stand_in_weights"].append(who)
             _banner(f"STAND-IN WEIGHTS: no official {who} checkpoint ({params[who + '.checkpoint']}); using the SEEDED "

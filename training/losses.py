@@ -63,7 +63,7 @@ def sequence_loss(
 
     init_term = F.smooth_l1_loss(init_disp.float(), target, reduction="none")
     loss = config.init_weight * _masked_mean(init_term, mask)
-    for weight, pred in zip(sequence_weights(len(preds), config.gamma), preds):
+    for weight, pred in zip(sequence_weights(len(preds), config.gamma), preds, strict=True):
         loss = loss + weight * _masked_mean((pred.float() - target).abs(), mask)
 
     with torch.no_grad():

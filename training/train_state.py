@@ -35,14 +35,14 @@ def run_signature(args: Any) -> dict[str, Any]:
         sig[key] = list(value) if isinstance(value, (tuple, list)) else value
     for key in ("data", "labels", "student"):
         if sig[key] != "none":
-            sig[key] = str(Path(sig[key]).resolve())
+            sig[key] = str(Path(str(sig[key])).resolve())
     return sig
 
 
 # --------------------------------------------------------------------------------------------------------- RNG
 def rng_state() -> dict[str, Any]:
     """Every global RNG, as plain tensors/ints so that `torch.load(weights_only=True)` reads the checkpoint."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))  # (kind, keys, pos, has_gauss, gauss)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),

@@ -26,7 +26,7 @@ def validate(model: Any, items: list[TrainItem], iters: int | None, device: torc
     """
     model.eval()
     metrics = DisparityMetrics(reference="labels")
-    visuals = []
+    visuals: list[np.ndarray] = []
     try:
         for item in items[:max_pairs]:
             try:

@@ -40,7 +40,7 @@ class SgbmEstimator(StereoEstimator):
         self.num_disparities = int(-(-max_disparity // 16) * 16)
         self.lr_max_diff = float(lr_max_diff)
         area = block_size * block_size
-        self.matcher = cv2.StereoSGBM_create(
+        self.matcher = cv2.StereoSGBM.create(
             minDisparity=0,
             numDisparities=self.num_disparities,
             blockSize=block_size,

@@ -84,7 +84,8 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
         """
 
     @abc.abstractmethod
-    def update_step(self, state: Any, geo_feat: torch.Tensor, disp: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    def update_step(self, state: Any, geo_feat: torch.Tensor, disp: torch.Tensor
+                    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """One GRU iteration -> (state, mask_feat [B, 32, H/4, W/4], delta_disp [B, 1, H/4, W/4])."""
 
     def filter_cost_volume(self, volume: torch.Tensor, features_left: list[torch.Tensor]) -> torch.Tensor:
@@ -198,7 +199,7 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
         result = ForwardResult(init_disparity=None, predictions=predictions)
         if init_weights is not None:
             result.init_disparity = context_upsample(init_disp * 4.0, F.softmax(init_weights.to(dtype), dim=1))
-        if with_confidence:
+        if with_confidence and weights is not None:
             planes = torch.arange(num_planes, dtype=dtype, device=prob.device).view(1, -1, 1, 1)
             near = ((planes - disp.detach()).abs() <= CONFIDENCE_WINDOW).to(dtype)
             mass = (prob * near).sum(dim=1, keepdim=True)
@@ -225,7 +226,8 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
         """
         if left.ndim != 4 or left.shape[1] != 3 or left.shape != right.shape:
             raise ValueError(
-                f"left and right must both be [B, 3, H, W] of the same shape, got {list(left.shape)} and {list(right.shape)}"
+                "left and right must both be [B, 3, H, W] of the same shape, "
+                f"got {list(left.shape)} and {list(right.shape)}"
             )
         device = self.classifier.weight.device
         padder = InputPadder(left.shape, PAD_DIVISOR)
@@ -241,4 +243,5 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
         disp = padder.unpad(result.predictions[-1]).to(out_dtype)
         if not return_confidence:
             return disp
+        assert result.confidence is not None  # asked for with_confidence
         return disp, padder.unpad(result.confidence).to(out_dtype)

@@ -146,13 +146,16 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
     if reserved:
         raise ValueError(f"extra entries may not be named {sorted(reserved)}")
     config = getattr(model, "config", None)
-    if dataclasses.is_dataclass(config) and hasattr(config, "precision"):
+    if dataclasses.is_dataclass(config) and isinstance(config, type):
+        config = None  # a class, not a configuration
+    if dataclasses.is_dataclass(config) and not isinstance(config, type) and hasattr(config, "precision"):
         # Precision is the choice of whoever runs the file (load_model's precision=), not a property of the
         # weights: a student trained in bf16 must not make every later evaluation run in bf16.
         config = dataclasses.replace(config, precision="fp32")
     payload = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) and not isinstance(config, type)
+        else None,
         "model_name": getattr(model, "name", None) or None,
         **extra,
     }

@@ -1,6 +1,8 @@
 """The MobileNetV2 feature pyramid shared by RT-IGEV and Selective-IGEV."""
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 import torch
 from torch import nn
@@ -23,7 +25,8 @@ class Feature(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        backbone = timm.create_model("mobilenetv2_100", pretrained=False, features_only=True)
+        # Any: timm's feature wrapper exposes the network's stages as attributes the type checker cannot see.
+        backbone: Any = timm.create_model("mobilenetv2_100", pretrained=False, features_only=True)
         self.conv_stem = backbone.conv_stem
         self.bn1 = backbone.bn1
         self.act1 = getattr(backbone, "act1", nn.Identity())

@@ -52,7 +52,7 @@ class GeometryEncoding:
 
         self.corr_pyramid: list[torch.Tensor] = []
         self.columns: torch.Tensor | None = None  # [B*H*W, 1, 1, 1]: each pixel's own x
-        if left is not None:
+        if left is not None and right is not None:
             corr = torch.matmul(left.permute(0, 2, 3, 1), right.permute(0, 2, 1, 3))  # [B, H, W, W']
             rows = corr.reshape(b * h * w, 1, 1, right.shape[-1])
             self.corr_pyramid.append(rows)

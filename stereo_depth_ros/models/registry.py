@@ -5,13 +5,16 @@ missing there is refused, so that the list and the registry cannot drift apart.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from stereo_depth_ros.model_names import MODEL_NAMES
 
-T = TypeVar("T", bound=type)
+if TYPE_CHECKING:
+    from .base import IGEVBase
 
-_MODELS: dict[str, type] = {}
+T = TypeVar("T", bound="type[IGEVBase]")
+
+_MODELS: dict[str, type[IGEVBase]] = {}
 
 
 def register_model(name: str) -> Callable[[T], T]:
@@ -29,7 +32,7 @@ def register_model(name: str) -> Callable[[T], T]:
     return decorate
 
 
-def get_model_class(name: str) -> type:
+def get_model_class(name: str) -> type[IGEVBase]:
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {sorted(_MODELS)}")
     return _MODELS[name]

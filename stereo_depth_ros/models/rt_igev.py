@@ -56,6 +56,7 @@ class RTUpdateBlock(nn.Module):
 @register_model("rt_igev")
 class RTIGEVStereo(IGEVBase):
     config_class = RTIGEVConfig
+    config: RTIGEVConfig
 
     def __init__(self, config: RTIGEVConfig | None = None) -> None:
         super().__init__(config)

@@ -63,6 +63,7 @@ class SelectiveIGEVStereo(IGEVBase):
     small-kernel share `att` [B,1,h,w] (h, w = 1/4, 1/8, 1/16 of the padded input)."""
 
     config_class = SelectiveIGEVConfig
+    config: SelectiveIGEVConfig
     all_pairs_correlation = True
 
     def __init__(self, config: SelectiveIGEVConfig | None = None) -> None:
