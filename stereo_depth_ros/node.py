@@ -216,9 +216,10 @@ class StereoDepthNode(Node):
         """The rig for this pair, or None (with a warning) when only disparity can be published."""
         if frame.left_info is None or frame.right_info is None:
             missing = " and ".join(s for s, i in (("left", frame.left_info), ("right", frame.right_info)) if i is None)
+            stamp = frame.left_image.header.stamp
             self._warn("missing_info", f"no camera_info for the {missing} camera matching stamp "
-                                       f"{frame.left_image.header.stamp.sec}.{frame.left_image.header.stamp.nanosec:09d}: "
-                                       "publishing disparity only (no depth, no points)")
+                                       f"{stamp.sec}.{stamp.nanosec:09d}: publishing disparity only "
+                                       "(no depth, no points)")
             return None
         try:
             camera = StereoCamera.from_camera_info(frame.left_info, frame.right_info)
@@ -294,7 +295,7 @@ class StereoDepthNode(Node):
         idle = snap["received_pairs"] == 0
         if idle:
             status.level, status.message = DiagnosticStatus.OK, "waiting for stereo pairs"
-        elif snap["input_rate_hz"] > 0 and snap["output_rate_hz"] == 0:
+        elif float(snap["input_rate_hz"]) > 0 and snap["output_rate_hz"] == 0:
             status.level, status.message = DiagnosticStatus.WARN, "pairs arrive but none is published"
         else:
             status.level, status.message = DiagnosticStatus.OK, summary_line(snap)

@@ -142,7 +142,7 @@ class _MessageFiltersPairMatcher:
         # same since ROS 1): drop the older entries as the builtin matcher does, so both behave identically.
         queues = getattr(self._sync, "queues", None)
         if isinstance(queues, list) and len(queues) == 2 and all(isinstance(q, dict) for q in queues):
-            for queue, limit in zip(queues, (stamp_ns(left), stamp_ns(right))):
+            for queue, limit in zip(queues, (stamp_ns(left), stamp_ns(right)), strict=True):
                 for s in [s for s in queue if s < limit]:
                     del queue[s]
         self._on_pair(left, right)
@@ -167,7 +167,8 @@ class StereoSynchronizer:
             raise ValueError(f"approximate_sync_tolerance_seconds must be >= 0, got {tolerance_seconds}")
         if implementation == "auto":
             implementation = "message_filters" if message_filters_available()[0] else "builtin"
-        matchers = {"builtin": _BuiltinPairMatcher, "message_filters": _MessageFiltersPairMatcher}
+        matchers: dict[str, type[_BuiltinPairMatcher] | type[_MessageFiltersPairMatcher]] = {
+            "builtin": _BuiltinPairMatcher, "message_filters": _MessageFiltersPairMatcher}
         if implementation not in matchers:
             raise ValueError(f"unknown synchroniser implementation {implementation!r}; expected auto, "
                              "message_filters or builtin")
@@ -252,7 +253,7 @@ class StereoSynchronizer:
         return self._match_info(LEFT, stamp_ns(left)), self._match_info(RIGHT, stamp_ns(right))
 
     def _complete(self, infos: tuple[Any, Any]) -> bool:
-        return all(info is not None or not seen for info, seen in zip(infos, self._info_seen))
+        return all(info is not None or not seen for info, seen in zip(infos, self._info_seen, strict=True))
 
     def _deliver(self, pair: tuple[Any, Any], infos: tuple[Any, Any]) -> None:
         if not self._complete(infos):

@@ -14,7 +14,7 @@ from rosbags.typesys import Stores, get_typestore
 from stereo_distill import cli
 from stereo_distill.camera_info_yaml import read_camera_info
 from stereo_distill.datasets import open_dataset
-from stereo_distill.extract import Frame, match_frames
+from stereo_distill.bag_reader import Frame, match_frames
 
 TS = get_typestore(Stores.ROS2_KILTED)
 H, W = 20, 28

@@ -7,6 +7,7 @@ confidence (`predict(..., return_confidence=True)`). Precision is handled inside
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ class TorchEstimator(StereoEstimator):
         if iters is not None and iters < 1:
             raise ValueError(f"iters must be positive (or None for the model's default), got {iters}")
         self.device = resolve_device(device)
-        overrides = {"precision": precision}
+        overrides: dict[str, Any] = {"precision": precision}
         if max_disparity:
             overrides["max_disp"] = int(max_disparity)
         self.model = load_model(model, checkpoint=model_path or None, device=self.device, **overrides)
