@@ -1,22 +1,16 @@
 """stereo_depth_node: rectified stereo pairs in; disparity, metric depth, a coloured point cloud and confidence out.
 
 A thin rclpy shell: it wires parameters, subscriptions and publishers. `sync` pairs the images (stereo_image_proc's
-policies) and `pipeline.StereoPipeline` owns the per-frame sequence (convert, estimate, rescale, masks, outputs);
-`messages` wraps its buffers in messages and `diagnostics` keeps the figures behind /diagnostics.
-
-Lazy like stereo_image_proc: an output is computed only while something subscribes to it (points also need
-`publish_points`, confidence `publish_confidence` or a `confidence_threshold`); with no subscriber at all no
-inference runs and pairs are counted as idle.
+policies), `pipeline.StereoPipeline` owns the per-frame sequence, `messages` wraps its buffers in messages and
+`diagnostics` keeps the figures behind /diagnostics. Lazy like stereo_image_proc: an output is computed only while
+something subscribes to it; with no subscriber at all no inference runs and pairs are counted as idle.
 
 Threading: subscription callbacks only hand the synchronised pair to a one-slot mailbox (`mailbox`); a worker
-thread runs the pipeline and publishes. When pairs arrive faster than inference, the newest pair wins and the
-others are counted as dropped, so latency stays bounded by one inference instead of growing with a queue.
+thread runs the pipeline and publishes; the newest pair wins, so latency stays bounded by one inference.
 
-Bad input (a malformed image, mismatched pair, missing or degenerate camera_info, stamps out of order or far
-ahead) is reported with a throttled warning naming the problem and the pair is skipped (or, without camera
-geometry, only disparity is published); the node keeps running. Invalid parameters stop it at start-up with one
-message and exit status 2. `confidence_threshold`, `iters`, `publish_points` and `publish_confidence` can be set
-at run time (validated like at start-up); the other parameters are read-only.
+Bad input gets a throttled warning naming the problem and the pair is skipped (or, without camera geometry, only
+disparity is published); the node keeps running. Invalid parameters stop it at start-up with one message and exit
+status 2. `confidence_threshold`, `iters`, `publish_points`, `publish_confidence` can be set at run time.
 """
 from __future__ import annotations
 
@@ -112,21 +106,25 @@ class StereoDepthNode(Node):
             info_wait_seconds=INFO_WAIT_S,
             warn=self._warn,
         )
-        qos_in = qos_profile_system_default if self.config.use_system_default_qos else qos_profile_sensor_data
-        qos_in = QoSProfile(history=qos_in.history, depth=max(self.config.queue_size, 1),
-                            reliability=qos_in.reliability, durability=qos_in.durability)
+        base = qos_profile_system_default if self.config.use_system_default_qos else qos_profile_sensor_data
+
+        def qos_in() -> QoSProfile:
+            # A new profile per topic: rclpy writes a topic's overrides into the profile it is given.
+            return QoSProfile(history=base.history, depth=max(self.config.queue_size, 1),
+                              reliability=base.reliability, durability=base.durability)
+
         # As image_pipeline: `qos_overrides./<topic>.subscription.<policy>` (and .publisher.) in a params file
         # take effect on these topics.
         overrides = QoSOverridingOptions.with_default_policies()
         self.create_subscription(Image, "left/image_rect", self._image_callback("left", self.sync.add_left_image),
-                                 qos_in, qos_overriding_options=overrides)
+                                 qos_in(), qos_overriding_options=overrides)
         self.create_subscription(Image, "right/image_rect",
-                                 self._image_callback("right", self.sync.add_right_image), qos_in,
+                                 self._image_callback("right", self.sync.add_right_image), qos_in(),
                                  qos_overriding_options=overrides)
         self.create_subscription(CameraInfo, "left/camera_info", self._info_callback(self.sync.add_left_info),
-                                 qos_in, qos_overriding_options=overrides)
+                                 qos_in(), qos_overriding_options=overrides)
         self.create_subscription(CameraInfo, "right/camera_info", self._info_callback(self.sync.add_right_info),
-                                 qos_in, qos_overriding_options=overrides)
+                                 qos_in(), qos_overriding_options=overrides)
 
         self.pub_disparity = self.create_publisher(DisparityImage, "disparity", 5, qos_overriding_options=overrides)
         self.pub_depth = self.create_publisher(Image, "depth", 5, qos_overriding_options=overrides)
@@ -304,7 +302,7 @@ class StereoDepthNode(Node):
             status.level, status.message = DiagnosticStatus.OK, "waiting for stereo pairs"
         elif snap["processed_pairs"] == 0 and snap["idle_pairs"]:
             status.level, status.message = DiagnosticStatus.OK, "pairs arrive, no subscriber: no inference (lazy)"
-        elif snap["input_rate_hz"] > 0 and snap["output_rate_hz"] == 0:
+        elif float(snap["input_rate_hz"]) > 0 and float(snap["output_rate_hz"]) == 0:
             status.level, status.message = DiagnosticStatus.WARN, "pairs arrive but none is published"
         else:
             status.level, status.message = DiagnosticStatus.OK, summary_line(snap)

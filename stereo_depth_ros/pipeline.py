@@ -33,6 +33,7 @@ from stereo_depth_ros.postprocess import OutputBuffers, OutputRequest, Postproce
 # Below this the networks' 1/32 feature maps are a pixel or two wide and SGBM's search window covers the image:
 # the output would be noise, so such pairs are rejected with a warning instead.
 MIN_IMAGE_SIDE = 32
+ALL_OUTPUTS = OutputRequest()
 
 
 class PairError(ValueError):
@@ -185,7 +186,7 @@ class StereoPipeline:
         return buffers
 
     # -- the sequence ----------------------------------------------------------------------------------------
-    def process(self, left: Any, right: Any, request: OutputRequest = OutputRequest(), *,
+    def process(self, left: Any, right: Any, request: OutputRequest = ALL_OUTPUTS, *,
                 camera: StereoCamera | None = None, infos: tuple[Any, Any] | None = None) -> FrameResult:
         """One pair: left/right as Image messages or uint8 RGB arrays; the geometry as plain values (`camera`) or
         the camera_info pair (`infos`, cached). Outputs are valid until the next call (buffers are reused)."""

@@ -196,7 +196,8 @@ class StereoSynchronizer:
             raise ValueError(f"approximate_sync_tolerance_seconds must be >= 0, got {tolerance_seconds}")
         if implementation == "auto":
             implementation = "message_filters" if message_filters_available()[0] else "builtin"
-        matchers = {"builtin": _BuiltinPairMatcher, "message_filters": _MessageFiltersPairMatcher}
+        matchers: dict[str, type[_BuiltinPairMatcher] | type[_MessageFiltersPairMatcher]] = {
+            "builtin": _BuiltinPairMatcher, "message_filters": _MessageFiltersPairMatcher}
         if implementation not in matchers:
             raise ValueError(f"unknown synchroniser implementation {implementation!r}; expected auto, "
                              "message_filters or builtin")
