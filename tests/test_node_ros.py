@@ -33,14 +33,12 @@ def _start(workdir: Path, env: dict, params: dict) -> NodeProcess:
     return NodeProcess(node_command(params_file=params_file), env, workdir / "node.log", cwd=REPO)
 
 
-@pytest.fixture(scope="module")
-def quiet(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("quiet_node")
+def _serve(tmp_path_factory, name: str, params: dict, outputs: tuple):
+    """(node, env, rig client) for one module-scoped node and a client recording `outputs` and /diagnostics."""
+    workdir = tmp_path_factory.mktemp(name)
     env = node_env(workdir)
-    params = dict(SGBM, use_sim_time=True)
-    params["qos_overrides./left/image_rect.subscription.reliability"] = "reliable"
     node = _start(workdir, env, params)
-    client = StereoClient(env, outputs=())  # /diagnostics only: no output has a subscriber
+    client = StereoClient(env, outputs=outputs)
     try:
         assert client.wait_for_node(TIMEOUT), f"node not discovered; log:\n{node.log()}"
         yield node, env, StereoRigClient(client, small_rig(192), StampCounter())
@@ -48,6 +46,13 @@ def quiet(tmp_path_factory):
         client.close()
         code = node.stop()
     assert code == 0, node.log()
+
+
+@pytest.fixture(scope="module")
+def quiet(tmp_path_factory):
+    params = dict(SGBM, use_sim_time=True)
+    params["qos_overrides./left/image_rect.subscription.reliability"] = "reliable"
+    yield from _serve(tmp_path_factory, "quiet_node", params, outputs=())  # no output has a subscriber
 
 
 def test_qos_override_in_a_params_file_reaches_the_subscription(quiet):
@@ -93,17 +98,7 @@ def test_no_inference_without_subscribers_then_output_once_one_appears(quiet):
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("fresh_node")
-    env = node_env(workdir)
-    node = _start(workdir, env, SGBM)
-    client = StereoClient(env, outputs=("disparity", "depth"))
-    try:
-        assert client.wait_for_node(TIMEOUT), f"node not discovered; log:\n{node.log()}"
-        yield node, env, StereoRigClient(client, small_rig(192), StampCounter())
-    finally:
-        client.close()
-        code = node.stop()
-    assert code == 0, node.log()
+    yield from _serve(tmp_path_factory, "fresh_node", SGBM, outputs=("disparity", "depth"))
 
 
 def test_first_pair_published_before_its_camera_info_still_gets_depth(fresh):
