@@ -24,9 +24,10 @@ if TYPE_CHECKING:
     from stereo_depth_ros.postprocess import MessageBuffer, OutputBuffers
 
 NAN32 = np.float32(np.nan)
-# Pixels per band of the numpy path (see _NumpyOps.bands): ~60 bytes a pixel, ~15 MB per band, within the L3 of
-# common CPUs; smaller bands cost more in per-call overhead than they save (measured 2^14..2^24 here).
-BAND_PIXELS = 1 << 18
+# Pixels per band of the numpy path (see _NumpyOps.bands): ~60 bytes a pixel, ~4 MB per band, within the L2/L3
+# of common CPUs. Measured with bench/node.py (frames cache-cold, as in the node): 2^16 best by a little, 2^14
+# loses to per-call overhead, one band (no banding) to memory traffic.
+BAND_PIXELS = 1 << 16
 
 
 def is_torch(value: Any) -> bool:
@@ -88,8 +89,8 @@ class _NumpyOps:
 
     def bands(self, height: int, width: int) -> list[slice]:
         """Row bands small enough that one band's inputs, scratch and outputs stay in the CPU's cache: the
-        sequence is memory-bound (some 60 bytes a pixel move), and a whole 1280x720 frame pass after pass
-        would stream ~80 MB through memory instead of ~35 MB."""
+        sequence is memory-bound (some 60 bytes a pixel move), and a whole frame pass after pass would stream
+        about twice the memory traffic."""
         rows = max(1, BAND_PIXELS // max(width, 1))
         return [slice(start, min(start + rows, height)) for start in range(0, height, rows)]
 
