@@ -144,6 +144,17 @@ def summary_line(snap: dict[str, float | int | str]) -> str:
     )
 
 
+def status_message(snap: dict[str, float | int | str]) -> tuple[bool, str]:
+    """(is a warning, message) of the /diagnostics status for a snapshot."""
+    if snap["received_pairs"] == 0:
+        return False, "waiting for stereo pairs"
+    if snap["processed_pairs"] == 0 and snap["idle_pairs"]:
+        return False, "pairs arrive, no subscriber: no inference (lazy)"
+    if float(snap["input_rate_hz"]) > 0 and float(snap["output_rate_hz"]) == 0:
+        return True, "pairs arrive but none is published"
+    return False, summary_line(snap)
+
+
 class Throttle:
     """Per-key rate limit for warnings, so that one recurring problem cannot hide a different one.
 

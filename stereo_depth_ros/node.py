@@ -27,16 +27,17 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data, qos_profile_system_default
+from rclpy.qos import QoSPolicyKind, QoSProfile, qos_profile_sensor_data, qos_profile_system_default
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
 
 from stereo_depth_ros.config import (RUNTIME_PARAMETERS, ConfigError, NodeConfig, estimator_options,
                                      is_ros_own_parameter)
-from stereo_depth_ros.diagnostics import FrameStats, Throttle, format_value, summary_line
+from stereo_depth_ros.diagnostics import FrameStats, Throttle, format_value, status_message, summary_line
 from stereo_depth_ros.inference import create_estimator
 from stereo_depth_ros.mailbox import LatestMailbox
 from stereo_depth_ros.messages import OutputMessages
@@ -109,27 +110,16 @@ class StereoDepthNode(Node):
         base = qos_profile_system_default if self.config.use_system_default_qos else qos_profile_sensor_data
 
         def qos_in() -> QoSProfile:
-            # A new profile per topic: rclpy writes a topic's overrides into the profile it is given.
             return QoSProfile(history=base.history, depth=max(self.config.queue_size, 1),
                               reliability=base.reliability, durability=base.durability)
 
         # As image_pipeline: `qos_overrides./<topic>.subscription.<policy>` (and .publisher.) in a params file
-        # take effect on these topics.
-        overrides = QoSOverridingOptions.with_default_policies()
-        self.create_subscription(Image, "left/image_rect", self._image_callback("left", self.sync.add_left_image),
-                                 qos_in(), qos_overriding_options=overrides)
-        self.create_subscription(Image, "right/image_rect",
-                                 self._image_callback("right", self.sync.add_right_image), qos_in(),
-                                 qos_overriding_options=overrides)
-        self.create_subscription(CameraInfo, "left/camera_info", self._info_callback(self.sync.add_left_info),
-                                 qos_in(), qos_overriding_options=overrides)
-        self.create_subscription(CameraInfo, "right/camera_info", self._info_callback(self.sync.add_right_info),
-                                 qos_in(), qos_overriding_options=overrides)
-
-        self.pub_disparity = self.create_publisher(DisparityImage, "disparity", 5, qos_overriding_options=overrides)
-        self.pub_depth = self.create_publisher(Image, "depth", 5, qos_overriding_options=overrides)
-        self.pub_points = self.create_publisher(PointCloud2, "points2", 5, qos_overriding_options=overrides)
-        self.pub_confidence = self.create_publisher(Image, "confidence", 5, qos_overriding_options=overrides)
+        # take effect on these topics; every policy, not only rclpy's default three (history, depth, reliability).
+        overrides = QoSOverridingOptions([kind for kind in QoSPolicyKind if kind is not QoSPolicyKind.INVALID])
+        try:
+            self._create_topics(qos_in, overrides)
+        except (RuntimeError, ParameterException) as exc:  # a qos_overrides.* value rclpy cannot use
+            raise StartupError(f"invalid parameters: QoS override: {exc}", EXIT_BAD_PARAMETERS) from None
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # Steady clock: with use_sim_time and no /clock, ROS time stands still and so would these timers.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -145,6 +135,23 @@ class StereoDepthNode(Node):
             + (f" ({self.config.model}, {self.config.model_path})" if self.config.backend != "opencv_sgbm" else "")
             + f", {'approximate' if self.config.approximate_sync else 'exact'} sync ({self.sync.implementation}), "
             f"{'system default' if self.config.use_system_default_qos else 'sensor-data'} QoS")
+
+    def _create_topics(self, qos_in: Any, overrides: QoSOverridingOptions) -> None:
+        """The four inputs and four outputs (a new input profile per topic: rclpy writes a topic's overrides into
+        the profile it is given)."""
+        self.create_subscription(Image, "left/image_rect", self._image_callback("left", self.sync.add_left_image),
+                                 qos_in(), qos_overriding_options=overrides)
+        self.create_subscription(Image, "right/image_rect",
+                                 self._image_callback("right", self.sync.add_right_image), qos_in(),
+                                 qos_overriding_options=overrides)
+        self.create_subscription(CameraInfo, "left/camera_info", self._info_callback(self.sync.add_left_info),
+                                 qos_in(), qos_overriding_options=overrides)
+        self.create_subscription(CameraInfo, "right/camera_info", self._info_callback(self.sync.add_right_info),
+                                 qos_in(), qos_overriding_options=overrides)
+        self.pub_disparity = self.create_publisher(DisparityImage, "disparity", 5, qos_overriding_options=overrides)
+        self.pub_depth = self.create_publisher(Image, "depth", 5, qos_overriding_options=overrides)
+        self.pub_points = self.create_publisher(PointCloud2, "points2", 5, qos_overriding_options=overrides)
+        self.pub_confidence = self.create_publisher(Image, "confidence", 5, qos_overriding_options=overrides)
 
     # -- parameters -------------------------------------------------------------------------------------------
     def _read_parameters(self) -> NodeConfig:
@@ -298,14 +305,8 @@ class StereoDepthNode(Node):
         status.name = f"{self.get_fully_qualified_name()}: stereo depth"
         status.hardware_id = self._hardware_id
         idle = snap["received_pairs"] == 0
-        if idle:
-            status.level, status.message = DiagnosticStatus.OK, "waiting for stereo pairs"
-        elif snap["processed_pairs"] == 0 and snap["idle_pairs"]:
-            status.level, status.message = DiagnosticStatus.OK, "pairs arrive, no subscriber: no inference (lazy)"
-        elif float(snap["input_rate_hz"]) > 0 and float(snap["output_rate_hz"]) == 0:
-            status.level, status.message = DiagnosticStatus.WARN, "pairs arrive but none is published"
-        else:
-            status.level, status.message = DiagnosticStatus.OK, summary_line(snap)
+        warn, status.message = status_message(snap)
+        status.level = DiagnosticStatus.WARN if warn else DiagnosticStatus.OK
         status.values = [KeyValue(key="backend", value=self.config.backend),
                          KeyValue(key="sync", value=self.sync.implementation)]
         status.values += [KeyValue(key=key, value=format_value(value)) for key, value in snap.items()]

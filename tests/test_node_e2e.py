@@ -364,7 +364,10 @@ def test_torch_backend_with_fixture_weights(tmp_path):
     ({"backend": "opencv_sgbm", "max_disparty": 64}, r"unknown parameter\(s\) max_disparty"),
     ({"backend": "opencv_sgbm", "queue_size": "five"}, r"parameter queue_size: expected int"),
     ({"backend": "opencv_sgbm", "latency_budget_ms": 30.0}, r"parameter latency_budget_ms: only the torch backend"),
-], ids=["unknown_backend", "negative_iters", "missing_model", "unknown_name", "wrong_type", "budget_not_torch"])
+    ({"backend": "opencv_sgbm", "qos_overrides./left/image_rect.subscription.reliability": "sometimes"},
+     r"QoS override: .*reliability.*sometimes"),
+], ids=["unknown_backend", "negative_iters", "missing_model", "unknown_name", "wrong_type", "budget_not_torch",
+        "bad_qos_override"])
 def test_bad_startup_parameters_exit_with_one_message(tmp_path, params, message):
     env = node_env(tmp_path)
     with start_node(tmp_path, env, params) as node:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from rclpy.qos import ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
 from ros_helpers import TIMEOUT, StampCounter, StereoRigClient, float_image, node_env, small_rig
 from stereo_depth_ros.client import NodeProcess, StereoClient, diagnostic_values, node_command
@@ -52,6 +52,7 @@ def _serve(tmp_path_factory, name: str, params: dict, outputs: tuple):
 def quiet(tmp_path_factory):
     params = dict(SGBM, use_sim_time=True)
     params["qos_overrides./left/image_rect.subscription.reliability"] = "reliable"
+    params["qos_overrides./depth.publisher.durability"] = "transient_local"  # beyond rclpy's default three
     yield from _serve(tmp_path_factory, "quiet_node", params, outputs=())  # no output has a subscriber
 
 
@@ -66,6 +67,9 @@ def test_qos_override_in_a_params_file_reaches_the_subscription(quiet):
 
     assert reliability("/left/image_rect") == {ReliabilityPolicy.RELIABLE}  # overridden
     assert reliability("/right/image_rect") == {ReliabilityPolicy.BEST_EFFORT}  # sensor-data default
+    durability = {DurabilityPolicy(i.qos_profile.durability)
+                  for i in rc.client.node.get_publishers_info_by_topic("/depth") if i.node_name == "stereo_depth_node"}
+    assert durability == {DurabilityPolicy.TRANSIENT_LOCAL}
 
 
 def test_diagnostics_keep_coming_with_sim_time_and_no_clock(quiet):
