@@ -170,3 +170,27 @@ def test_estimator_contract_iters_and_estimate_at():
         free.iters = 0
     estimate = free.estimate_at(*pair(), 32, 16)  # base: OpenCV resize, then estimate
     assert estimate.disparity.shape == (16, 32) and free.calls == [(32, 16)] and estimate.iterations == 2
+
+
+def test_device_outputs_run_the_same_sequence_on_torch_tensors():
+    """A backend that leaves its outputs on its device (contract 1): here CPU tensors stand in for CUDA ones."""
+    torch = pytest.importorskip("torch")
+
+    class TensorEstimator(RecordingEstimator):
+        supports_device_outputs = True
+
+        def estimate(self, left, right):
+            estimate = super().estimate(left, right)
+            if self.device_outputs:
+                estimate.disparity = torch.from_numpy(estimate.disparity)
+                estimate.confidence = torch.from_numpy(estimate.confidence)
+            return estimate
+
+    tensors = TensorEstimator()
+    on_device = StereoPipeline(tensors, input_width=32, input_height=24, confidence_threshold=0.5)
+    assert tensors.device_outputs is True
+    on_host = StereoPipeline(RecordingEstimator(), input_width=32, input_height=24, confidence_threshold=0.5)
+    got, expected = (p.process(*pair(), infos=infos()).outputs for p in (on_device, on_host))
+    for name in ("disparity", "depth", "points", "confidence"):
+        np.testing.assert_array_equal(getattr(got, name).array, getattr(expected, name).array)
+    assert (got.valid_share, got.valid_window) == (expected.valid_share, expected.valid_window) == (0.5, (32, 0, 32, 48))
