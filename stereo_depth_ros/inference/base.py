@@ -98,8 +98,10 @@ class StereoEstimator(abc.ABC):
                 raise ValueError(f"backend {self.name} has no refinement iterations (iters must stay unset)")
             return
         if self.iters_fixed and "_iters" in self.__dict__ and value != self.__dict__["_iters"]:
-            raise ValueError(f"backend {self.name} runs a fixed {self.__dict__['_iters']} iterations (set when it was "
-                             f"built, e.g. by the ONNX export); cannot change to {value}")
+            fixed = self.__dict__["_iters"]
+            count = "the iteration count" if fixed is None else f"a fixed {fixed} iterations"
+            raise ValueError(f"backend {self.name} runs {count} set when it was built (e.g. by the ONNX export); "
+                             f"cannot change to {value}")
         self.__dict__["_iters"] = value
 
 
