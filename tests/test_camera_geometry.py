@@ -31,15 +31,15 @@ def test_principal_point_offset_like_middlebury():
 
 
 @pytest.mark.parametrize("mutate, match", [
-    (lambda l, r: setattr(r, "p", [0.0] * 12), "no projection"),
-    (lambda l, r: r.p.__setitem__(0, 0.0), "focal length"),
-    (lambda l, r: r.p.__setitem__(0, float("nan")), "NaN"),
-    (lambda l, r: r.p.__setitem__(3, float("nan")), "NaN"),
-    (lambda l, r: r.p.__setitem__(3, 0.0), "no baseline"),
-    (lambda l, r: r.p.__setitem__(3, 60.0), "negative"),
-    (lambda l, r: setattr(r, "p", [1.0] * 9), "12"),
-    (lambda l, r: (setattr(l, "p", [0.0] * 12), setattr(l, "k", [0.0] * 9)), "neither"),
-    (lambda l, r: l.p.__setitem__(5, float("nan")), "NaN"),
+    (lambda left, r: setattr(r, "p", [0.0] * 12), "no projection"),
+    (lambda left, r: r.p.__setitem__(0, 0.0), "focal length"),
+    (lambda left, r: r.p.__setitem__(0, float("nan")), "NaN"),
+    (lambda left, r: r.p.__setitem__(3, float("nan")), "NaN"),
+    (lambda left, r: r.p.__setitem__(3, 0.0), "no baseline"),
+    (lambda left, r: r.p.__setitem__(3, 60.0), "negative"),
+    (lambda left, r: setattr(r, "p", [1.0] * 9), "12"),
+    (lambda left, r: (setattr(left, "p", [0.0] * 12), setattr(left, "k", [0.0] * 9)), "neither"),
+    (lambda left, r: left.p.__setitem__(5, float("nan")), "NaN"),
 ])
 def test_degenerate_projection_raises_naming_the_problem(mutate, match):
     left, right = infos()
