@@ -21,7 +21,8 @@ import yaml
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
 from ros_helpers import TIMEOUT, StampCounter, StereoRigClient, float_image, node_env, small_rig
-from stereo_depth_ros.client import NodeProcess, StereoClient, diagnostic_values, node_command
+from stereo_devkit.client import StereoClient, diagnostic_values
+from stereo_devkit.node_process import NodeProcess, node_command
 
 REPO = Path(__file__).resolve().parents[1]
 SGBM = {"backend": "opencv_sgbm", "max_disparity": 64, "diagnostics_period": 0.5}
