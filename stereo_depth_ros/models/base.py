@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stereo_depth_ros.pad_split import PAD_DIVISOR
+
 from .blocks import Conv2x, ConvNormAct, instance_norm_stem
 from .config import PRECISIONS, IGEVConfig
 from .cost_volume import Hourglass, build_gwc_volume, disparity_regression
@@ -29,7 +31,6 @@ from .geometry import GeometryEncoding
 from .padding import InputPadder
 from .upsample import context_upsample
 
-PAD_DIVISOR = 32
 COST_VOLUME_GROUPS = 8
 # Confidence: probability mass of the initial disparity distribution within this many 1/4-res planes of the
 # final disparity (see IGEVBase.predict).
