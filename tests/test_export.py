@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from file_modes import assert_new_file_modes
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -44,6 +45,7 @@ def fixed_fp32(tmp_path_factory):
 def test_fp32_export_matches_pytorch_and_carries_the_node_metadata(fixed_fp32):
     out, proc, report = fixed_fp32
     assert out.is_file() and not list(out.parent.glob("*.partial*"))
+    assert_new_file_modes(out)  # a deployed model must be readable by the node's user (0644 under umask 022)
     assert report["max_abs_px"] <= 1e-3 and {c["input"] for c in report["verification"]} == {"random", "motorcycle"}
     assert "verify motorcycle" in proc.stderr  # the verification is printed
     graph = onnx.load(str(out))
