@@ -133,6 +133,7 @@ class StereoDepthNode(Node):
         self.get_logger().info(
             f"ready: backend {self.config.backend}"
             + (f" ({self.config.model}, {self.config.model_path})" if self.config.backend != "opencv_sgbm" else "")
+            + (f" on {self.estimator.providers[0]}" if getattr(self.estimator, "providers", None) else "")
             + f", {'approximate' if self.config.approximate_sync else 'exact'} sync ({self.sync.implementation}), "
             f"{'system default' if self.config.use_system_default_qos else 'sensor-data'} QoS")
 
