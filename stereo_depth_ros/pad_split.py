@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 PAD_DIVISOR = 32
+# Smallest image side the networks can use: their coarsest (1/32) feature map is one pixel there. Smaller images
+# would be almost all padding; predict, the ONNX export and its backend refuse them.
+MIN_SIDE = PAD_DIVISOR
 
 
 def pad_lrtb(height: Any, width: Any, divisor: int = PAD_DIVISOR) -> tuple[Any, Any, Any, Any]:

@@ -20,15 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from stereo_depth_ros.pad_split import MIN_SIDE
+
 from .cli import CliError
 from .provenance import sha256_file
 
 OPSET = 17
 META_PREFIX = "stereo_depth_ros."
 DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 0.5}
-# Smallest image side an export accepts (dynamic exports run at every size from here; the 1/32 feature map is
-# one pixel wide there).
-MIN_SIDE = 32
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,12 +29,10 @@ from typing import Any
 import numpy as np
 
 from stereo_depth_ros.inference.base import StereoEstimate, StereoEstimator
-from stereo_depth_ros.pad_split import PAD_DIVISOR, pad_lrtb
+from stereo_depth_ros.pad_split import MIN_SIDE, PAD_DIVISOR, pad_lrtb
 
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 META_PREFIX = "stereo_depth_ros."
-# Smallest side the networks can use: their 1/32 feature map is one pixel there.
-MIN_SIDE = 32
 # Provider -> its library in onnxruntime/capi; loading it needs CUDA (and cuDNN, or TensorRT) on the loader path.
 GPU_PROVIDER_LIBRARIES = {
     "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
