@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from ros_helpers import StampCounter, StereoRigClient, float_image, node_env, require_ros_tooling, small_rig
-from stereo_depth_ros.client import NodeProcess, StereoClient
+from stereo_devkit.client import StereoClient
+from stereo_devkit.node_process import NodeProcess
 
 VENV = Path(sys.prefix)
 INPUTS = {"left_image": "/cam/left/image_rect", "right_image": "/cam/right/image_rect",
