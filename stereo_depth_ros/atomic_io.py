@@ -13,8 +13,9 @@ import contextlib
 import json
 import os
 import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 
 @contextlib.contextmanager

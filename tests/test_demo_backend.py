@@ -10,10 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
 from ros_helpers import REPO
 from test_backends import tiny_stereo_onnx
 

@@ -55,7 +55,8 @@ def setup_py_contents() -> tuple[list[tuple[str, list[str]]], list[str]]:
         dist = run_setup(str(REPO / "setup.py"), stop_after="init")
     finally:
         os.chdir(cwd)
-    scripts = [entry.split("=")[0].strip() for entry in (dist.entry_points or {}).get("console_scripts", [])]
+    entry_points = getattr(dist, "entry_points", None) or {}  # setuptools adds it to distutils' Distribution
+    scripts = [entry.split("=")[0].strip() for entry in entry_points.get("console_scripts", [])]
     return list(dist.data_files or []), scripts
 
 

@@ -208,8 +208,6 @@ def verify(path: Path, reference_model, iters: int, sizes: list[tuple[int, int]]
 
 # ------------------------------------------------------------------------------------------------------ run
 def run(args) -> int:
-    import torch
-
     from stereo_depth_ros.atomic_io import atomic_path
     from stereo_depth_ros.models import load_model
 

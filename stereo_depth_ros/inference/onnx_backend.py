@@ -50,7 +50,7 @@ class OnnxInputSizeError(ValueError):
     graph's input sides must be a multiple of (1 when the graph pads itself).
     """
 
-    def __init__(self, message: str, image_size: tuple[int, int], limits: "ExportLimits") -> None:
+    def __init__(self, message: str, image_size: tuple[int, int], limits: ExportLimits) -> None:
         super().__init__(message)
         self.image_size = image_size
         self.fixed_size = limits.fixed_size
@@ -72,7 +72,7 @@ class ExportLimits:
     padded_inside: bool
 
     @classmethod
-    def from_graph(cls, input_shape: list[Any] | tuple[Any, ...], meta: dict[str, str]) -> "ExportLimits":
+    def from_graph(cls, input_shape: list[Any] | tuple[Any, ...], meta: dict[str, str]) -> ExportLimits:
         """From the "left" input's shape ([1, 3, H, W]; symbolic sides are names or None) and metadata_props."""
         sides = tuple(input_shape[2:4])
         fixed = (int(sides[0]), int(sides[1])) if all(isinstance(s, int) and s > 0 for s in sides) else None
