@@ -101,10 +101,10 @@ class ExportLimits:
             left, right, top, bottom = self.pads(height, width)
             if (height + top + bottom, width + left + right) != self.fixed_size:
                 fixed_h, fixed_w = self.fixed_size
-                taken = (f"{fixed_w}x{fixed_h}" if self.padded_inside
-                         else f"up to {fixed_w}x{fixed_h} (padded to that size)")
-                raise OnnxInputSizeError(f"{source} was exported for {fixed_w}x{fixed_h} input and takes images of "
-                                         f"{taken} only; the images are {width}x{height}", (height, width), self)
+                how = ("images only (fixed size)" if self.padded_inside
+                       else f"input (images are padded to a multiple of {PAD_DIVISOR} to fit it)")
+                raise OnnxInputSizeError(f"{source} was exported for {fixed_w}x{fixed_h} {how}; the images are "
+                                         f"{width}x{height}", (height, width), self)
         if height < min_h or width < min_w:
             raise OnnxInputSizeError(f"{source} needs images of at least {min_w}x{min_h}; the images are "
                                      f"{width}x{height}", (height, width), self)
