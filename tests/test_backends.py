@@ -234,3 +234,22 @@ def test_provider_selection_names_why_providers_cannot_run():
     assert select_providers(None, list(DEFAULT_PROVIDERS), unusable) == ["CPUExecutionProvider"]
     with pytest.raises(ValueError, match="CUDAExecutionProvider: no CUDA driver"):
         select_providers(["CUDAExecutionProvider"], list(DEFAULT_PROVIDERS), unusable)
+
+
+def test_onnx_backend_runs_without_torch(tmp_path):
+    """The robot may have onnxruntime and no PyTorch: the backend's pad split (stereo_depth_ros.pad_split) and
+    everything else it imports must not need torch."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    path = tiny_stereo_onnx(tmp_path / "fixed.onnx", height=64, width=96, padded_inside=False)
+    code = ("import sys; sys.modules['torch'] = None  # any `import torch` now fails\n"
+            "import numpy as np\n"
+            "from stereo_depth_ros.inference import create_estimator\n"
+            "from stereo_depth_ros.pad_split import pad_lrtb\n"
+            "est = create_estimator('onnxruntime', model_path=sys.argv[1], providers=['CPUExecutionProvider'])\n"
+            "left = np.arange(50 * 70 * 3, dtype=np.float32).reshape(50, 70, 3) % 251 + 1\n"
+            "out = est.estimate(left, left)\n"
+            "assert out.disparity.shape == (50, 70) and np.allclose(out.disparity, left.mean(axis=2), rtol=1e-6)\n"
+            "assert pad_lrtb(50, 70) == (13, 13, 7, 7)\n"
+            "print('ok without torch')")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "ok without torch" in result.stdout, result.stdout + result.stderr
