@@ -24,7 +24,8 @@ def test_predict_refuses_images_smaller_than_32_px(student, height, width):
 
 
 def test_predict_warns_once_when_images_look_like_0_to_1(student):
-    model = load_model("rt_igev")
+    model = student
+    model._input_range_checked = False  # as loaded: nothing decided yet
     g = torch.Generator().manual_seed(0)
     unit = torch.rand(1, 3, 32, 64, generator=g)
     black = torch.zeros(1, 3, 32, 64)
@@ -36,6 +37,7 @@ def test_predict_warns_once_when_images_look_like_0_to_1(student):
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "expect RGB 0..255" in messages[0], messages
     assert caught[0].filename == __file__  # points at the caller's line
+    model._input_range_checked = False
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         student.predict(unit * 255, unit * 255, iters=1)  # 0..255: no warning
