@@ -208,7 +208,7 @@ def test_onnx_backend_checks_the_exports_recorded_limits_before_running(tmp_path
         estimator.estimate(*pair(64, 160))
     # The export's iterations are fixed: the settable `iters` accepts only that count.
     estimator.iters = 8
-    with pytest.raises(ValueError, match="runs 8 iterations, fixed at export time"):
+    with pytest.raises(ValueError, match="fixed 8 iterations"):
         estimator.iters = 4
 
 

@@ -238,24 +238,14 @@ class OnnxEstimator(StereoEstimator):
         self.limits = ExportLimits.from_graph(inputs["left"].shape, meta)
         self.fixed_size = self.limits.fixed_size
         self.padded_inside = self.limits.padded_inside
-        self._export_iters = int(meta[META_PREFIX + "iters"]) if META_PREFIX + "iters" in meta else None
+        # The export's iteration count; the base class refuses any other value later (iters_fixed).
+        self.iters = int(meta[META_PREFIX + "iters"]) if META_PREFIX + "iters" in meta else None
         self.model_name = meta.get(META_PREFIX + "model")
         by_reason: dict[str, list[str]] = {}
         for provider, why in skipped.items():
             by_reason.setdefault(why, []).append(provider)
         log.info("onnxruntime runs %s on %s%s", Path(self.model_path).name, self.providers[0],
                  "".join(f"; {', '.join(names)} skipped: {why}" for why, names in by_reason.items()))
-
-    @property
-    def iters(self) -> int | None:
-        """The refinement iterations baked into the export (None when its metadata does not say)."""
-        return self._export_iters
-
-    @iters.setter
-    def iters(self, value: int | None) -> None:
-        if value is not None and value != self._export_iters:
-            raise ValueError(f"the ONNX export runs {self._export_iters} iterations, fixed at export time; "
-                             f"{value} needs another export (stereo-distill export --iters {value})")
 
     def estimate(self, left: np.ndarray, right: np.ndarray) -> StereoEstimate:
         if left.shape != right.shape or left.ndim != 3 or left.shape[2] != 3:
