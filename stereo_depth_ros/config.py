@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from stereo_depth_ros.file_search import FileSearchError, find_file
 from stereo_depth_ros.inference.base import BACKENDS as _BACKEND_TABLE  # numpy only: the SGBM node runs without torch
 from stereo_depth_ros.model_names import MODEL_NAMES as MODELS
 
@@ -61,7 +62,8 @@ class NodeConfig:
     model: str = _param("rt_igev", "Network for the torch backend: rt_igev (real-time student) | selective_igev")
     model_path: str = _param(
         "weights/sceneflow.pth",
-        "Checkpoint (.pth, torch) or ONNX file (onnxruntime); relative paths are from the working directory")
+        "Checkpoint (.pth, torch) or ONNX file (onnxruntime); a relative path is looked for in the working "
+        "directory, the package's share folder and the checkout (and their weights/)")
     device: str = _param("auto", "torch device: auto (cuda when available, else cpu) | cpu | cuda | cuda:N")
     precision: str = _param("fp32", "Inference precision: fp32 | fp16 | bf16 (CPU always runs fp32)")
     iters: int = _param(0, "Refinement iterations of the network; 0 = the model's default (settable at run time)")
@@ -119,7 +121,8 @@ class NodeConfig:
     def validate(self, check_files: bool = True) -> "NodeConfig":
         """Raise ConfigError naming the first invalid parameter; returns self so calls can chain.
 
-        check_files: also require model_path to exist for the torch and onnxruntime backends.
+        check_files: also require model_path to exist for the torch and onnxruntime backends; a relative one is
+        replaced by the file found (stereo_depth_ros.file_search).
         """
         def choice(name: str, allowed: tuple[str, ...]) -> None:
             value = getattr(self, name)
@@ -173,11 +176,12 @@ class NodeConfig:
             if self.backend == "onnxruntime" and not self.model_path.endswith(".onnx"):
                 raise ConfigError(f"parameter model_path: backend onnxruntime needs a .onnx file, got "
                                   f"{self.model_path!r}")
-            if check_files and not Path(self.model_path).is_file():
-                raise ConfigError(
-                    f"parameter model_path: file {self.model_path!r} not found (resolved to "
-                    f"{Path(self.model_path).resolve()}); see weights/README.md for the weights, or run the "
-                    "weight-free baseline with backend:=opencv_sgbm")
+            if check_files:
+                try:  # relative paths: working directory, installed share folder, checkout (file_search.py)
+                    self.model_path = str(find_file(self.model_path, "model"))
+                except FileSearchError as exc:
+                    raise ConfigError(f"parameter model_path: file {exc}; see weights/README.md for the weights, "
+                                      "or run the weight-free baseline with backend:=opencv_sgbm") from None
         return self
 
 

@@ -130,9 +130,11 @@ class StereoDepthNode(Node):
 
         self._worker = threading.Thread(target=self._work, name="stereo_depth_worker", daemon=True)
         self._worker.start()
+        providers = getattr(self.estimator, "providers", None)  # onnxruntime: the provider in use first
         self.get_logger().info(
             f"ready: backend {self.config.backend}"
             + (f" ({self.config.model}, {self.config.model_path})" if self.config.backend != "opencv_sgbm" else "")
+            + (f" on {providers[0]}" if providers else "")
             + f", {'approximate' if self.config.approximate_sync else 'exact'} sync ({self.sync.implementation}), "
             f"{'system default' if self.config.use_system_default_qos else 'sensor-data'} QoS")
 

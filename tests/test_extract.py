@@ -11,10 +11,11 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from file_modes import assert_new_file_modes
 from stereo_distill import cli
+from stereo_distill.bag_reader import Frame, match_frames
 from stereo_distill.camera_info_yaml import read_camera_info
 from stereo_distill.datasets import open_dataset
-from stereo_distill.bag_reader import Frame, match_frames
 
 TS = get_typestore(Stores.ROS2_KILTED)
 H, W = 20, 28
@@ -174,6 +175,7 @@ def test_pairs_pixels_stamps_and_camera_info(bag, kind, tmp_path, capsys):
         meta = json.loads((out / sample.name / "meta.json").read_text())
         assert (meta["left_stamp_ns"], meta["right_stamp_ns"]) == all_stamps[i]
         assert meta["left_frame_id"] == "left_optical"
+    assert_new_file_modes(out)  # PNGs, meta.json, camera_info.yaml: 0644 under umask 022
     left_info, right_info = read_camera_info(out / "camera_info.yaml")
     p_left, p_right = left_info["projection_matrix"]["data"], right_info["projection_matrix"]["data"]
     assert p_left[0] == 50.0 and -p_right[3] / p_right[0] == pytest.approx(0.1)

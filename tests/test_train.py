@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from file_modes import assert_new_file_modes
 from stereo_distill.augment import AugmentConfig, augment
 from stereo_distill.toy import motorcycle_crops, write_data, write_label
 
@@ -103,6 +104,7 @@ def test_few_steps_decrease_the_loss_and_checkpoint_loads(toy, tmp_path, train, 
     assert {"model", "config", "step", "optimizer", "scheduler", "rng", "data_position"} <= set(ckpt)
     assert ckpt["step"] == 3 and (out / "checkpoints" / "step_00000003.pth").is_file()
     assert any((out / "tb").iterdir())
+    assert_new_file_modes(out / "checkpoints")  # 0644 under umask 022, not mkstemp's 0600
     before = _fixed_batch_loss(str(student_weights), toy)
     after = _fixed_batch_loss(str(last), toy)
     assert after < before, (before, after)
