@@ -98,6 +98,20 @@ def test_onnx_file_evaluates_like_its_checkpoint(toy, tmp_path, cli, run_eval, s
         assert a[key] == pytest.approx(b[key], abs=1e-3), key
 
 
+def test_fixed_size_onnx_on_other_sized_data_is_one_line_with_eval_advice(toy, tmp_path, cli, run_eval,
+                                                                           student_weights):
+    root, _ = toy  # 64x96 pairs
+    onnx_file = tmp_path / "s32x64.onnx"
+    assert cli("export", "--model", student_weights, "--out", onnx_file, "--iters", "1", "--height", "32",
+               "--width", "64", "--no-verify").status == 0
+    result = run_eval("--model", onnx_file, "--data", root / "data", "--device", "cpu", ok=False)
+    assert result.status == 2 and "Traceback" not in result.err
+    assert len([line for line in result.err.splitlines() if "error:" in line]) == 1, result.err
+    assert "exported for 64x32" in result.err and "the images are 96x64" in result.err
+    assert "--dynamic" in result.err and "--height 64 --width 96" in result.err
+    assert "input_width" not in result.err  # the node's advice is not eval's
+
+
 def test_sgbm_baseline_evaluates_too(toy, run_eval):
     root, _ = toy
     got = json.loads(run_eval("--model", "sgbm", "--data", root / "data", "--max-disp", "32").out)

@@ -65,8 +65,17 @@ class LoadedModel:
     estimator: Any  # stereo_depth_ros.inference.StereoEstimator
 
     def predict(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        """(left uint8 [H,W,3], right) -> float32 [H,W], NaN where the estimator has no value."""
-        return self.estimator.estimate(left, right).disparity
+        """(left uint8 [H,W,3], right) -> float32 [H,W], NaN where the estimator has no value.
+
+        CliError (one line, eval's advice) for images an ONNX export cannot take."""
+        from stereo_depth_ros.inference.onnx_backend import OnnxInputSizeError
+
+        try:
+            return self.estimator.estimate(left, right).disparity
+        except OnnxInputSizeError as error:
+            height, width = error.image_size
+            raise CliError(f"{error}: re-export the checkpoint for this data with `stereo-distill export "
+                           f"--dynamic` (any size) or `--height {height} --width {width}`") from None
 
 
 def load_predictor(path: str, arch: str = "auto", iters: int | None = None, max_disp: int | None = None,
