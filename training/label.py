@@ -24,8 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from stereo_depth_ros.atomic_io import atomic_write, atomic_write_json
-from training.cli import CliError
-from training.provenance import sha256_file, software_versions
+from .cli import CliError
+from .provenance import sha256_file, software_versions
 
 MANIFEST = "manifest.json"
 RECORD = "label.json"  # written last: marks a sample complete
@@ -47,7 +47,7 @@ class Thresholds:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", type=Path, metavar="DATA", help="stereo pairs (any layout training.datasets reads)")
+    parser.add_argument("data", type=Path, metavar="DATA", help="stereo pairs (any layout stereo_distill.datasets reads)")
     parser.add_argument("--teacher", type=Path, required=True, metavar="CKPT",
                         help="teacher checkpoint (official Selective-IGEV state_dict or ours)")
     parser.add_argument("--out", type=Path, required=True, metavar="LABELS", help="output folder")
@@ -169,7 +169,7 @@ def remove_partials(folder: Path) -> None:
 
 
 def write_label(folder: Path, disparity: np.ndarray, valid: np.ndarray) -> dict:
-    from training.datasets import write_image
+    from .datasets import write_image
 
     atomic_write(folder / "disparity.npy", lambda handle: np.save(handle, disparity.astype(np.float32)))
     write_image(folder / "valid.png", np.where(valid, 255, 0).astype(np.uint8))
@@ -271,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from training.datasets import DatasetError, open_dataset
+    from .datasets import DatasetError, open_dataset
 
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
 def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info: Distributed, device: str, torch, tqdm):
     from stereo_depth_ros.models import load_model
 
-    from training.datasets import DatasetError
+    from .datasets import DatasetError
 
     started = time.monotonic()
     try:

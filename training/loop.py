@@ -1,6 +1,6 @@
 """The whole distillation loop from one config file: rosbag -> extract -> label -> train -> eval -> export -> node.
 
-    python -m training.loop [--config config/distill.yaml] [--work-dir DIR] [--steps N]      (or: make loop)
+    python -m stereo_distill.loop [--config config/distill.yaml] [--work-dir DIR] [--steps N]      (or: make loop)
 
 Every stage is the `stereo-distill` subcommand a user would run by hand, called in-process with the arguments
 printed before it runs, so the log doubles as the recipe. Stages resume (extract, label and train skip finished
@@ -48,7 +48,7 @@ def _resolve_weights(configured: str, model: str) -> tuple[str, bool]:
 
 
 def _stage(name: str, argv: list[str], timings: dict[str, float]) -> None:
-    from training.cli import main
+    from .cli import main
 
     print(f"\n=== {name}: stereo-distill {shlex.join(argv)}", file=sys.stderr, flush=True)
     start = time.perf_counter()
@@ -63,7 +63,7 @@ def _stage(name: str, argv: list[str], timings: dict[str, float]) -> None:
 
 def _add_ground_truth(data: Path, pairs) -> int:
     """Extracted samples are named <pair index>_<stamp> in bag order: give each its Motorcycle ground truth."""
-    from training.datasets import write_scaled_disparity_png
+    from .datasets import write_scaled_disparity_png
 
     folders = sorted(p for p in data.iterdir() if p.is_dir() and (p / "left.png").is_file())
     added = 0
@@ -76,7 +76,7 @@ def _add_ground_truth(data: Path, pairs) -> int:
 
 
 def run_loop(params: dict[str, Any], work_dir: Path | None = None, steps: int | None = None) -> dict[str, Any]:
-    from training.toy import motorcycle_crops, write_bag
+    from .toy import motorcycle_crops, write_bag
 
     work = Path(work_dir or params.get("work_dir", "out/loop"))
     if not work.is_absolute():
@@ -214,7 +214,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.loop", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stereo_distill.loop", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "config" / "distill.yaml"), help="params file")
     parser.add_argument("--work-dir", default=None, help="override work_dir")
     parser.add_argument("--steps", type=int, default=None, help="override train.steps")
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params_file(args.config, NODE_NAME)
         summary = run_loop(params, Path(args.work_dir) if args.work_dir else None, args.steps)
     except (ConfigError, LoopError, KeyError) as error:
-        print(f"training.loop: error: {error}", file=sys.stderr)
+        print(f"stereo_distill.loop: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("work_dir", "onnx", "timings_s", "stand_in_weights")}, indent=2))
     return 0

@@ -24,10 +24,9 @@ class ToyPair:
 def motorcycle_crops(size: tuple[int, int] = (96, 160), scales: tuple[float, ...] = (0.25, 0.35),
                      crops_per_scale: int = 3, seed: int = 0) -> list[ToyPair]:
     """`crops_per_scale` random windows of `size` from Motorcycle resized by each of `scales`."""
-    from skimage import data
+    from stereo_devkit.motorcycle import load_motorcycle
 
-    left, right, disp = data.stereo_motorcycle()
-    disp = np.where(np.isfinite(disp), disp, np.nan).astype(np.float32)
+    left, right, disp = load_motorcycle()
     rng = np.random.default_rng(seed)
     out = []
     h, w = size
@@ -48,7 +47,7 @@ def motorcycle_crops(size: tuple[int, int] = (96, 160), scales: tuple[float, ...
 
 def write_data(root: str | Path, pairs: list[ToyPair], with_ground_truth: bool = True) -> Path:
     """DATA/<name>/left.png, right.png and (optionally) left_disp.png (uint16, disparity x 100, 0 = invalid)."""
-    from training.datasets import write_image, write_scaled_disparity_png
+    from .datasets import write_image, write_scaled_disparity_png
 
     root = Path(root)
     for pair in pairs:
@@ -63,7 +62,7 @@ def write_data(root: str | Path, pairs: list[ToyPair], with_ground_truth: bool =
 
 def write_label(root: str | Path, name: str, disp: np.ndarray, valid: np.ndarray) -> None:
     """LABELS/<name>/ exactly as `stereo-distill label` writes it (for tests that need labels but no teacher)."""
-    from training.label import write_label as write_label_folder
+    from .label import write_label as write_label_folder
 
     folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)
