@@ -1,5 +1,5 @@
-"""What bench/gpu.py measures with: the real input pair, latency by CUDA events, peak memory, disparity
-differences, and the time guard. Imports only numpy, torch, OpenCV/scikit-image (through the pair) and ours."""
+"""What bench/gpu.py measures with: latency by CUDA events, peak memory, disparity differences, the time guard,
+and the input (the one Motorcycle loader, `stereo_devkit.motorcycle`)."""
 from __future__ import annotations
 
 import statistics
@@ -10,7 +10,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from stereo_depth_ros.camera_geometry import resize_pair
+from stereo_devkit.motorcycle import motorcycle_pair
+
+__all__ = ["Deadline", "PeakMemory", "Row", "as_tensor", "disparity_difference", "median", "motorcycle_pair",
+           "time_ms", "to_numpy"]
 
 
 @dataclass
@@ -33,14 +36,6 @@ class Row:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def motorcycle_pair(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Middlebury Motorcycle (scikit-image's copy, 500x741) as uint8 RGB resized to height x width."""
-    from skimage.data import stereo_motorcycle
-
-    left, right, _ = stereo_motorcycle()
-    return resize_pair(np.ascontiguousarray(left), np.ascontiguousarray(right), width, height)
 
 
 def as_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:

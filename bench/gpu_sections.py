@@ -174,8 +174,8 @@ def upstream_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
         ratios = {f"speed_ratio_vs_ours_{variant}": ms / ours_ms for variant in ("eager", "cuda_graph")
                   if (ours_ms := s.results.get(f"ms {size_text(size)} fp32 {variant}"))}
         row.extra = {**ratios, "valid_mismatch": difference["valid_mismatch"], "upstream_sha256": digests}
-        row.note = ", ".join(f"ours {key.rsplit('_', 1)[-1]} fp32 is {value:.2f}x faster"
-                             for key, value in ratios.items())
+        row.note = "upstream ms / ours fp32 ms: " + ", ".join(
+            f"{key.removeprefix('speed_ratio_vs_ours_')} {value:.2f}x" for key, value in ratios.items())
         emit(row)
         del model
     sys.path.remove(str(s.upstream))
@@ -221,8 +221,23 @@ def teacher_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
 
 
 # ---- training -----------------------------------------------------------------------------------------------------
+def import_stereo_distill() -> None:
+    """`training/` is installed under the import name stereo_distill; a plain checkout on PYTHONPATH (the GPU
+    machine: no pip install) gets the same package registered under that name."""
+    if importlib.util.find_spec("stereo_distill") is not None:
+        return
+    folder = BENCH.parent / "training"
+    spec = importlib.util.spec_from_file_location("stereo_distill", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    assert spec is not None and spec.loader is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["stereo_distill"] = package
+    spec.loader.exec_module(package)
+
+
 def training_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
     """Distillation steps/s through bench/train.py's step (forward, loss, backward, clip, AdamW, OneCycle)."""
+    import_stereo_distill()
     spec = importlib.util.spec_from_file_location("bench_train", BENCH / "train.py")
     assert spec is not None and spec.loader is not None
     train_bench = importlib.util.module_from_spec(spec)

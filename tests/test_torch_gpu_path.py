@@ -267,3 +267,14 @@ def test_backends_without_iterations_report_none():
     out = sgbm.estimate_at(left, right, 32, 24)
     assert out.disparity.shape == (24, 32) and out.iterations is None and not out.budget_missed
     assert sgbm.iters is None and not sgbm.supports_device_outputs
+
+
+def test_auto_capture_is_cuda_graphs_for_the_student_on_cuda_only():
+    from stereo_depth_ros.inference.capture import resolve_capture_mode
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_capture_mode("auto", cuda, capture_by_default=True) == "cuda_graph"
+    assert resolve_capture_mode("auto", cuda, capture_by_default=False) == "off"  # the teacher
+    assert resolve_capture_mode("auto", cpu) == "off"
+    assert resolve_capture_mode("compile", cpu) == "compile"
+    assert student().capture_mode == "off"

@@ -5,7 +5,7 @@ A small network at camera resolution is launch-bound on a GPU: the student's for
 A CUDA graph records them once and replays them with one launch.
 
 Modes (`CAPTURE_MODES`):
-- "cuda_graph" (the default on CUDA): `torch.cuda.graph` around the eager forward. It runs exactly the eager
+- "cuda_graph" (the default on CUDA for the real-time network): `torch.cuda.graph` around the eager forward. It runs exactly the eager
   kernels, so its numbers equal eager's and every precision/parity measurement carries over; capture takes a few
   eager passes (well under a second at camera sizes), needs no compiler, and evicting a capture frees its memory.
 - "compile": `torch.compile(mode="reduce-overhead")`: Inductor fuses kernels and replays them through its own CUDA
@@ -37,10 +37,11 @@ class CaptureFallbackWarning(RuntimeWarning):
     """A capture or compilation failed; the estimator runs eager from then on."""
 
 
-def resolve_capture_mode(mode: str, device: torch.device) -> str:
-    """"auto" -> "cuda_graph" on CUDA, "off" elsewhere; otherwise the mode itself (ValueError if unknown)."""
+def resolve_capture_mode(mode: str, device: torch.device, capture_by_default: bool = True) -> str:
+    """"auto" -> "cuda_graph" on CUDA when capture_by_default, else "off"; otherwise the mode itself (ValueError
+    if unknown)."""
     if mode == "auto":
-        return "cuda_graph" if device.type == "cuda" else "off"
+        return "cuda_graph" if device.type == "cuda" and capture_by_default else "off"
     if mode not in CAPTURE_MODES:
         raise ValueError(f"capture must be 'auto' or one of {list(CAPTURE_MODES)}, got {mode!r}")
     return mode

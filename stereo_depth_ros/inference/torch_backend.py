@@ -35,6 +35,12 @@ from stereo_depth_ros.inference.latency_budget import IterationChoice, Iteration
 from stereo_depth_ros.models import load_model
 
 
+# Networks that "auto" captures on CUDA. The student is launch-bound at camera sizes (hundreds of small kernels in
+# a few milliseconds); the teacher is compute-bound (seconds per pair), where a capture gains nothing measurable
+# but holds gigabytes per image size in its own memory pool.
+CAPTURED_BY_DEFAULT = ("rt_igev",)
+
+
 def resolve_device(device: str) -> torch.device:
     """"auto" -> cuda when available, else cpu; anything else as torch understands it."""
     if device == "auto":
@@ -54,7 +60,8 @@ class TorchEstimator(StereoEstimator):
     the network's confidence.
     latency_budget_ms: 0 = off; otherwise each frame runs the largest iteration count (<= iters) whose predicted
     time fits, and a frame where not even one fits runs one and counts in `budget_misses` (settable).
-    capture: "auto" (CUDA graphs on CUDA, eager elsewhere), "cuda_graph", "compile" or "off" (see `capture`);
+    capture: "auto" (CUDA graphs for the student on CUDA, else eager), "cuda_graph", "compile" or "off" (see
+    `capture`);
     max_captures: how many shapes stay captured (each holds its own device memory).
     cudnn_benchmark: on CUDA, let cuDNN pick its fastest kernels per shape (process-wide, as upstream's
     evaluation does); shapes are static per capture, which is what that mode is for.
@@ -73,7 +80,7 @@ class TorchEstimator(StereoEstimator):
         self.iters = iters
         self.latency_budget_ms = latency_budget_ms
         self.device = resolve_device(device)
-        self.capture_mode = resolve_capture_mode(capture, self.device)
+        self.capture_mode = resolve_capture_mode(capture, self.device, model in CAPTURED_BY_DEFAULT)
         overrides: dict[str, object] = {"precision": precision}
         if max_disparity:
             overrides["max_disp"] = int(max_disparity)
