@@ -4,13 +4,17 @@ training, printed as one table at the end and written as JSON.
     PYTHONPATH=. python3 bench/gpu.py --weights .gpu/weights.pth --out OUT     # on a GPU machine: the whole table
     PYTHONPATH=. python3 bench/gpu.py --upstream ../IGEV-plusplus --out OUT    # + upstream's RT-IGEV beside ours
     .venv/bin/python bench/gpu.py --device cpu --quick                         # the same code at tiny sizes
+    .venv/bin/python bench/gpu.py --device cpu --only budget                   # one section, full sizes
 
 Rows (CUDA: sizes as listed; --quick: tiny sizes, 2 iterations, few repeats):
 - student, 480x640 and 720x1280, 8 iterations, {fp32, bf16, fp16} x {eager, cuda_graph}: TorchEstimator.estimate_at
   on the uint8 Motorcycle pair (scikit-image's Middlebury copy, resized), i.e. upload + device resize + network +
   validity mask, outputs left on the device. Median latency by CUDA events after warm-up (the first warm-up call
-  captures), fps, peak memory (torch's allocator, capture pools included), max and mean |disparity difference| in
-  pixels against fp32 eager of the same size (pixels valid in both; `valid_mismatch` in the JSON counts the rest).
+  captures; its time is `first_call_ms` in the JSON), fps, peak memory (torch's allocator, capture pools
+  included), max and mean |disparity difference| in pixels against fp32 eager of the same size (pixels valid in
+  both; `valid_mismatch` in the JSON counts the rest).
+- budget, 480x640, fp32, captured: no budget, then budgets of 80 % and 50 % of that frame time: the iteration
+  count chosen, the latency achieved, misses, and the fitted fixed + per-iteration cost.
 - pipeline, 480x640: the whole per-frame pipeline, once it is merged.
 - upstream (--upstream DIR, a checkout of gangweix/IGEV-plusplus; bench/upstream_rt_igev.py builds it offline):
   upstream's RT-IGEV eager fp32 on our weights and the same pair (already on the device, so it pays no upload),
@@ -18,7 +22,7 @@ Rows (CUDA: sizes as listed; --quick: tiny sizes, 2 iterations, few repeats):
 - teacher, 860x1080, max_disp 768, 80 iterations: pairs/s in fp32 and bf16, and their |difference|.
 - training, 320x768 crops, batch 8, 22 iterations: steps/s of bench/train.py's distillation step, fp32 and bf16.
 - compile: torch.compile(mode="reduce-overhead") instead of cuda_graph, each in a child process with a timeout;
-  the last section, as each new shape compiles for tens of seconds.
+  the last section, as each new shape is compiled first.
 The time guard (--time-limit, default 440 s) skips rows that would not finish in time, with a note, so that the run
 stays under 8 minutes. --out is a file ending in .json, or a folder (created) that receives gpu_bench.json; it is
 rewritten after every row, so a run cut short keeps what it measured. --weights: the student's checkpoint (seeded
@@ -32,16 +36,17 @@ import datetime
 import platform
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-
 from gpu_measure import Deadline, Row  # noqa: E402
 from gpu_sections import (  # noqa: E402
     Settings,
+    budget_section,
     compile_section,
     isolated_row,
     pipeline_section,
@@ -50,9 +55,11 @@ from gpu_sections import (  # noqa: E402
     training_section,
     upstream_section,
 )
+
 from stereo_depth_ros.atomic_io import atomic_write_json  # noqa: E402
 
 DEFAULT_TIME_LIMIT_S = 440.0  # 8 minutes less the start-up and a margin
+SECTIONS = ("student", "budget", "pipeline", "upstream", "teacher", "training", "compile")
 
 
 def full_settings(device: torch.device) -> Settings:
@@ -116,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default=None, help="student checkpoint (default: seeded init)")
     parser.add_argument("--upstream", default=None, help="a checkout of gangweix/IGEV-plusplus to run beside ours")
     parser.add_argument("--out", default=None, help="a .json file, or a folder that receives gpu_bench.json")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None, help="run only these sections")
     parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, help="seconds (default 440)")
     parser.add_argument("--iters", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=None, help=argparse.SUPPRESS)
@@ -180,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_json(out, report)
 
     sections: list[tuple[str, Callable[[Settings, Deadline, Callable[[Row], None]], None]]] = [
-        ("student", student_section), ("pipeline", pipeline_section), ("upstream", upstream_section),
-        ("teacher", teacher_section), ("training", training_section), ("compile", compile_section)]
+        ("student", student_section), ("budget", budget_section), ("pipeline", pipeline_section),
+        ("upstream", upstream_section), ("teacher", teacher_section), ("training", training_section),
+        ("compile", compile_section)]
+    sections = [(name, section) for name, section in sections if not args.only or name in args.only]
     print(f"device: {report['device']}, torch {torch.__version__}; time limit {args.time_limit:.0f} s", flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # e.g. "fp16 needs CUDA": rows carry their own notes

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,26 +49,27 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(call: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Milliseconds per call after `warmup` untimed calls: CUDA events around each call on CUDA (the device's own
-    clock, launch gaps included), the wall clock elsewhere. Calls never overlap (each is waited for)."""
+def time_ms(call: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[list[float], Any]:
+    """Milliseconds per call after `warmup` untimed calls, and the last call's result: CUDA events around each call
+    on CUDA (the device's own clock, launch gaps included), the wall clock elsewhere. Calls never overlap."""
+    result = None
     for _ in range(warmup):
-        call()
+        result = call()
     synchronize(device)
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            call()
+            result = call()
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
         else:
             began = time.perf_counter()
-            call()
+            result = call()
             times.append((time.perf_counter() - began) * 1e3)
-    return times
+    return times, result
 
 
 def median(values: list[float]) -> float:
@@ -81,7 +83,7 @@ class PeakMemory:
         self.device = device
         self.mib: float | None = None
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()

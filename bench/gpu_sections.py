@@ -12,13 +12,13 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-
 from gpu_measure import (
     Deadline,
     PeakMemory,
@@ -30,6 +30,7 @@ from gpu_measure import (
     time_ms,
     to_numpy,
 )
+
 from stereo_depth_ros.inference.torch_backend import TorchEstimator
 
 BENCH = Path(__file__).resolve().parent
@@ -82,23 +83,21 @@ def measure_student(s: Settings, size: tuple[int, int], precision: str, variant:
     outputs left on the device; latency = median of s.repeats calls after s.warmup (the first one captures)."""
     height, width = size
     left, right = motorcycle_pair(height, width)
-    holder: dict[str, Any] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with PeakMemory(s.device) as memory:
             estimator = TorchEstimator(model="rt_igev", model_path=s.weights, device=str(s.device),
                                        precision=precision, iters=s.student_iters, capture=variant)
             estimator.device_outputs = True
-
-            def call() -> None:
-                holder["out"] = estimator.estimate_at(left, right, width, height)
-
-            times = time_ms(call, s.device, s.warmup, s.repeats)
+            first_ms, _ = time_ms(lambda: estimator.estimate_at(left, right, width, height), s.device, 0, 1)
+            times, estimate = time_ms(lambda: estimator.estimate_at(left, right, width, height), s.device,
+                                      max(0, s.warmup - 1), s.repeats)
     ms = median(times)
     row = Row("student", size_text(size), precision, VARIANT_NAMES[variant], s.student_iters, ms, 1e3 / ms, "fps",
               memory.mib, note="; ".join(warning_notes(caught)),
-              extra={"captures": estimator.captures.captures, "min_ms": min(times)})
-    return row, to_numpy(holder["out"].disparity)
+              extra={"captures": estimator.captures.captures, "min_ms": min(times),
+                     "first_call_ms": first_ms[0]})
+    return row, to_numpy(estimate.disparity)
 
 
 def student_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
@@ -129,6 +128,48 @@ def student_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
                 emit(row)
 
 
+# ---- latency budget -----------------------------------------------------------------------------------------------
+def budget_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
+    """The student (fp32, default capture) at the first size without a budget, then at 80 % and 50 % of that
+    frame time: the iteration count each frame chose, the latency achieved, and the misses."""
+    size = s.student_sizes[0]
+    height, width = size
+    left, right = motorcycle_pair(height, width)
+    estimator = TorchEstimator(model="rt_igev", model_path=s.weights, device=str(s.device), iters=s.student_iters)
+    estimator.device_outputs = True
+    full_ms = None
+    chosen: list[int] = []  # the iteration count of each timed frame of the current row
+
+    def frame() -> None:
+        chosen.append(estimator.estimate_at(left, right, width, height).iterations or 0)
+
+    for share in (None, 0.8, 0.5):
+        row = Row("budget", size_text(size), "fp32", VARIANT_NAMES[estimator.capture_mode])
+        if not deadline.allows(s.costs_s["student"]):
+            row.note = deadline.skip_note(s.costs_s["student"])
+            emit(row)
+            continue
+        if share is not None and full_ms is None:
+            continue
+        estimator.latency_budget_ms = 0.0 if share is None else share * full_ms
+        estimator.warmup(height, width)  # captures; with a budget also measures the full count and one iteration
+        chosen.clear()
+        misses = estimator.budget_misses
+        times, _ = time_ms(frame, s.device, 0, max(3, s.repeats // 5))
+        ms = median(times)
+        full_ms = ms if share is None else full_ms
+        row.iters, row.median_ms, row.rate, row.rate_unit = max(set(chosen), key=chosen.count), ms, 1e3 / ms, "fps"
+        budget = estimator.latency_budget_ms
+        row.variant += " no budget" if share is None else f" budget {budget:.1f} ms"
+        fit = estimator.cost_model
+        row.extra = {"budget_ms": budget, "iterations": chosen, "misses": estimator.budget_misses - misses,
+                     "fixed_ms": fit.fixed_ms, "per_iteration_ms": fit.per_iteration_ms, "max_ms": max(times)}
+        if share is not None:
+            row.note = (f"chose {min(chosen)}-{max(chosen)} iterations, {row.extra['misses']} misses of "
+                        f"{len(chosen)}; fit {fit.fixed_ms:.1f} ms + {fit.per_iteration_ms:.2f} ms/iteration")
+        emit(row)
+
+
 # ---- pipeline -----------------------------------------------------------------------------------------------------
 def pipeline_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
     """The whole per-frame pipeline (upload -> inference -> depth + points + confidence -> host bytes)."""
@@ -156,16 +197,12 @@ def upstream_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
             emit(row)
             continue
         left, right = (as_tensor(im, s.device) for im in motorcycle_pair(*size))
-        holder: dict[str, Any] = {}
         with PeakMemory(s.device) as memory:
             model = build_upstream(s.upstream, ours.state_dict(), s.device)
             predict = upstream_predict(model)
-
-            def call() -> None:
-                holder["out"] = predict(left, right, s.student_iters)
-
-            times = time_ms(call, s.device, s.warmup, s.repeats)
-        upstream = to_numpy(holder["out"])[0, 0]
+            times, output = time_ms(lambda: predict(left, right, s.student_iters), s.device, s.warmup,  # noqa: B023
+                                    s.repeats)
+        upstream = to_numpy(output)[0, 0]
         upstream = np.where(upstream > 0, upstream, np.nan)  # the same validity rule as ours
         difference = disparity_difference(reference, upstream)
         ms = median(times)
@@ -194,7 +231,6 @@ def teacher_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
             row.note = deadline.skip_note(s.costs_s["teacher"])
             emit(row)
             continue
-        holder: dict[str, Any] = {}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with PeakMemory(s.device) as memory:
@@ -202,21 +238,17 @@ def teacher_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
                                          iters=s.teacher_iters, max_disparity=s.teacher_max_disp, capture="off",
                                          with_confidence=False)
                 teacher.device_outputs = True
-
-                def call() -> None:
-                    holder["out"] = teacher.estimate(left, right)
-
-                times = time_ms(call, s.device, 1, s.teacher_repeats)
+                times, estimate = time_ms(lambda: teacher.estimate(left, right), s.device, 1,  # noqa: B023
+                                          s.teacher_repeats)
         ms = median(times)
         row.median_ms, row.rate, row.rate_unit, row.peak_mib = ms, 1e3 / ms, "pairs/s", memory.mib
         row.note = "; ".join(warning_notes(caught))
-        disparity = to_numpy(holder["out"].disparity)
+        disparity = to_numpy(estimate.disparity)
         if reference is None:
             reference = disparity
         else:
             difference = disparity_difference(reference, disparity)
             row.max_diff_px, row.mean_diff_px = difference["max_diff_px"], difference["mean_diff_px"]
-        del teacher, holder
         emit(row)
 
 

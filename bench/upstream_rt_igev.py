@@ -14,8 +14,8 @@ import argparse
 import hashlib
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn

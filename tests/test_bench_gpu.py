@@ -24,8 +24,8 @@ allowed = set(sys.stdlib_module_names) | {"torch", "timm", "numpy", "cv2", "skim
 original = builtins.__import__
 def guarded(name, globals=None, locals=None, fromlist=(), level=0):
     importer = (globals or {}).get("__file__") or ""
-    ours = importer and Path(importer).resolve().is_relative_to(repo) and not Path(importer).resolve().is_relative_to(environment)
-    if level == 0 and ours:
+    where = Path(importer).resolve() if importer else None
+    if level == 0 and where and where.is_relative_to(repo) and not where.is_relative_to(environment):
         if name.partition(".")[0] not in allowed:
             raise ImportError(f"{importer} imports {name}, which a plain CUDA machine does not have")
     return original(name, globals, locals, fromlist, level)
@@ -62,9 +62,10 @@ def test_quick_run_prints_one_table_and_the_same_rows_as_json(quick_run):
     rows = table_rows(stdout)
     assert len(rows) == len(report["rows"]) and stdout.count("| section |") == 1
     sections = [row["section"] for row in report["rows"]]
-    for section, count in (("student", 12), ("pipeline", 1), ("teacher", 2), ("training", 2), ("compile", 6)):
+    for section, count in (("student", 12), ("budget", 3), ("pipeline", 1), ("teacher", 2), ("training", 2),
+                           ("compile", 6)):
         assert sections.count(section) == count, section
-    for cells, row in zip(rows, report["rows"]):
+    for cells, row in zip(rows, report["rows"], strict=True):
         assert cells[0] == row["section"] and cells[1] == row["size"] and cells[2] == row["precision"]
         if row["median_ms"] is not None:
             assert float(cells[5]) == pytest.approx(row["median_ms"], abs=0.006)
@@ -75,7 +76,8 @@ def test_quick_run_prints_one_table_and_the_same_rows_as_json(quick_run):
     for row in students:  # every configuration ran, and on the CPU all of them equal fp32 eager
         assert row["median_ms"] > 0 and row["rate"] == pytest.approx(1e3 / row["median_ms"])
         assert row["max_diff_px"] == 0.0 and row["rate_unit"] == "fps"
-    assert all("CUDA graphs need inputs on a CUDA device" in r["note"] for r in students if r["variant"] == "cuda_graph")
+    assert all("CUDA graphs need inputs on a CUDA device" in r["note"]
+               for r in students if r["variant"] == "cuda_graph")
     teacher, training = ([r for r in report["rows"] if r["section"] == s] for s in ("teacher", "training"))
     assert all(r["rate"] > 0 for r in teacher + training) and teacher[1]["mean_diff_px"] == 0.0
     assert report["weights"] == "seeded init" and report["quick"] is True

@@ -123,7 +123,7 @@ def test_device_resize_equals_opencv(src, dst):
     (h, w) = dst
     left, right = resize_pair_on_device(torch.from_numpy(images), w, h)
     expected = resize_pair(images[0], images[1], w, h)
-    for got, want in zip((left, right), expected):
+    for got, want in zip((left, right), expected, strict=True):
         assert got.shape == (1, 3, h, w) and got.dtype == torch.float32
         np.testing.assert_allclose(got[0].permute(1, 2, 0).numpy(), want, atol=1e-3)
     # uint8 input: OpenCV rounds its uint8 result, the device path keeps the fraction

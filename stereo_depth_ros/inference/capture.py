@@ -1,20 +1,21 @@
 """Captured forwards: record a network's kernels once per static shape and replay them per frame.
 
 A small network at camera resolution is launch-bound on a GPU: the student's forward is hundreds of small kernels
-(the cost volume alone is filled plane by plane), each costing a few microseconds of Python and driver overhead.
-A CUDA graph records them once and replays them with one launch.
+(the cost volume alone is filled plane by plane), each paying Python and driver overhead on the host. A CUDA graph
+records them once and replays them with one launch.
 
 Modes (`CAPTURE_MODES`):
-- "cuda_graph" (the default on CUDA for the real-time network): `torch.cuda.graph` around the eager forward. It runs exactly the eager
-  kernels, so its numbers equal eager's and every precision/parity measurement carries over; capture takes a few
-  eager passes (well under a second at camera sizes), needs no compiler, and evicting a capture frees its memory.
+- "cuda_graph" (the default on CUDA for the real-time network): `torch.cuda.graph` around the eager forward. It
+  runs exactly the eager kernels, so its results equal eager's and every precision/parity measurement carries
+  over; a capture costs three eager passes, once per shape; it needs no compiler, and evicting a capture frees its
+  memory pool.
 - "compile": `torch.compile(mode="reduce-overhead")`: Inductor fuses kernels and replays them through its own CUDA
-  graphs. It may be faster, but each new shape compiles for tens of seconds, it needs a working Triton/C++
+  graphs. It may be faster, but each new shape is compiled on its first frame, it needs a working Triton/C++
   toolchain on the robot, and its fused kernels round differently from eager. Compiled code lives in torch's own
   cache (bounded by `torch._dynamo.config` limits); evicting an entry here only drops our reference.
 - "off": eager.
-`bench/gpu.py` measures "cuda_graph" against "compile"; the default stays "cuda_graph" for the reasons above until a
-measurement says otherwise.
+`bench/gpu.py` measures "cuda_graph" against "compile" (latency, and the first call, which includes the capture
+or the compilation); the default stays "cuda_graph" for the reasons above until a measurement says otherwise.
 
 `CaptureCache` keeps at most `max_entries` captures keyed by shape (the least recently used one is evicted) and
 falls back to eager, with exactly one `CaptureFallbackWarning` naming the reason, the first time a capture fails.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from typing import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
@@ -71,7 +72,7 @@ class CudaGraphForward:
             self.static_outputs = forward(*self.static_inputs)
 
     def __call__(self, *inputs: torch.Tensor) -> Outputs:
-        for static, value in zip(self.static_inputs, inputs):
+        for static, value in zip(self.static_inputs, inputs, strict=True):
             static.copy_(value)
         self.graph.replay()
         return tuple(None if out is None else out.clone() for out in self.static_outputs)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -34,10 +34,9 @@ from stereo_depth_ros.inference.device_input import PairUploader, resize_pair_on
 from stereo_depth_ros.inference.latency_budget import IterationChoice, IterationCostModel, choose_iterations
 from stereo_depth_ros.models import load_model
 
-
-# Networks that "auto" captures on CUDA. The student is launch-bound at camera sizes (hundreds of small kernels in
-# a few milliseconds); the teacher is compute-bound (seconds per pair), where a capture gains nothing measurable
-# but holds gigabytes per image size in its own memory pool.
+# Networks that "auto" captures on CUDA. The student is small and launch-bound at camera sizes; the teacher runs
+# 80 iterations over large images, where launch overhead is a small share, while each capture would keep the
+# teacher's whole working memory (gigabytes at labelling sizes, README "Teacher memory") per image size.
 CAPTURED_BY_DEFAULT = ("rt_igev",)
 
 
