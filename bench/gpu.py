@@ -43,17 +43,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from gpu_compare import compile_section, isolated_row, upstream_section  # noqa: E402
 from gpu_measure import Deadline, Row  # noqa: E402
 from gpu_sections import (  # noqa: E402
     Settings,
     budget_section,
-    compile_section,
-    isolated_row,
     pipeline_section,
     student_section,
     teacher_section,
     training_section,
-    upstream_section,
 )
 
 from stereo_depth_ros.atomic_io import atomic_write_json  # noqa: E402

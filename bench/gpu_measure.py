@@ -2,6 +2,7 @@
 and the input (the one Motorcycle loader, `stereo_devkit.motorcycle`)."""
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -77,13 +78,17 @@ def median(values: list[float]) -> float:
 
 
 class PeakMemory:
-    """Peak device memory allocated by torch while the context is open (MiB); None off CUDA."""
+    """Peak device memory allocated by torch while the context is open, including what was already allocated when
+    it opened (MiB); None off CUDA."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.mib: float | None = None
 
     def __enter__(self) -> PeakMemory:
+        # an earlier row's estimator sits in a reference cycle (estimator -> capture cache -> bound method): collect
+        # it first, or its weights and capture pools would count here
+        gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()

@@ -36,8 +36,9 @@ def file_digests(checkout: Path, names: list[str]) -> dict[str, str]:
 
 
 def build_upstream(checkout: Path, state_dict: dict[str, torch.Tensor], device: torch.device,
-                   max_disp: int = 192) -> nn.Module:
-    """Upstream's IGEVStereo with `state_dict` (ours: same keys) loaded strictly, in eval mode on `device`."""
+                   max_disp: int = 192) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
+    """Upstream's IGEVStereo with `state_dict` (ours: same keys) loaded strictly, in eval mode on `device`, wrapped
+    in its evaluation sequence: (left, right [1, 3, H, W] 0..255, iters) -> disparity [1, 1, H, W]."""
     if not (checkout / "core_rt" / "rt_igev_stereo.py").is_file():
         raise UpstreamError(f"{checkout} is not a checkout of gangweix/IGEV-plusplus (no core_rt/rt_igev_stereo.py)")
     import timm
@@ -51,21 +52,17 @@ def build_upstream(checkout: Path, state_dict: dict[str, torch.Tensor], device: 
             model.act1 = nn.Identity()
         return model
 
-    sys.path.insert(0, str(checkout))
+    sys.path.insert(0, str(checkout))  # upstream imports itself as `core_rt.*`
     timm.create_model = offline_create_model
     try:
-        module = importlib.import_module("core_rt.rt_igev_stereo")
-        model = module.IGEVStereo(argparse.Namespace(**{**UPSTREAM_ARGS, "max_disp": max_disp}))
+        network = importlib.import_module("core_rt.rt_igev_stereo")
+        padder_class = importlib.import_module("core_rt.utils.utils").InputPadder
+        model = network.IGEVStereo(argparse.Namespace(**{**UPSTREAM_ARGS, "max_disp": max_disp}))
     finally:
         timm.create_model = original
+        sys.path.remove(str(checkout))
     model.load_state_dict(state_dict, strict=True)
-    return model.to(device).eval()
-
-
-def upstream_predict(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
-    """upstream's evaluation sequence as a function (left, right [1, 3, H, W] 0..255, iters) -> [1, 1, H, W].
-    Call after `build_upstream` (which put the checkout on sys.path)."""
-    padder_class = importlib.import_module("core_rt.utils.utils").InputPadder
+    model = model.to(device).eval()
 
     @torch.no_grad()
     def predict(left: torch.Tensor, right: torch.Tensor, iters: int) -> torch.Tensor:

@@ -20,7 +20,8 @@ from pathlib import Path
 repo = Path(sys.argv[1]).resolve()
 environment = Path(sys.prefix).resolve()  # a venv inside the checkout holds torch's own files
 allowed = set(sys.stdlib_module_names) | {"torch", "timm", "numpy", "cv2", "skimage", "onnx", "onnxruntime",
-    "stereo_depth_ros", "stereo_devkit", "stereo_distill", "gpu_measure", "gpu_sections", "upstream_rt_igev"}
+    "stereo_depth_ros", "stereo_devkit", "stereo_distill", "gpu_measure", "gpu_sections", "gpu_compare",
+    "upstream_rt_igev"}
 original = builtins.__import__
 def guarded(name, globals=None, locals=None, fromlist=(), level=0):
     importer = (globals or {}).get("__file__") or ""

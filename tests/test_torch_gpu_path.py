@@ -83,7 +83,7 @@ def test_capture_failure_falls_back_to_eager_with_exactly_one_warning():
     assert all(torch.equal(out[0], 2 * x) for out in outputs) and not cache.active and not cache.entries
 
 
-def test_estimator_keys_captures_on_working_size_and_iterations(monkeypatch):
+def test_estimator_keys_captures_on_working_size_iterations_and_confidence(monkeypatch):
     estimator = student(capture="cuda_graph")
     build = CountingBuild()
     monkeypatch.setattr(estimator.captures, "build", build)
@@ -94,9 +94,12 @@ def test_estimator_keys_captures_on_working_size_and_iterations(monkeypatch):
     np.testing.assert_array_equal(first, eager)  # a replay computes what eager does
     estimator.iters = 3
     estimator.estimate(left, right)
-    estimator.estimate_at(left, right, 32, 24)
-    assert build.built == [(40, 56, 2), (40, 56, 3), (24, 32, 3)]
-    assert build.replays == {(40, 56, 2): 2, (40, 56, 3): 1, (24, 32, 3): 1}
+    estimator.estimate_at(left, right, 48, 32)
+    estimator.with_confidence = False  # the pipeline turns it off when nobody wants confidence
+    assert estimator.estimate(left, right).confidence is None
+    assert build.built == [(40, 56, 2, True), (40, 56, 3, True), (32, 48, 3, True), (40, 56, 3, False)]
+    assert build.replays == {(40, 56, 2, True): 2, (40, 56, 3, True): 1, (32, 48, 3, True): 1,
+                             (40, 56, 3, False): 1}
 
 
 def test_cuda_graph_request_on_cpu_runs_eager_after_one_warning_naming_the_reason():
@@ -107,9 +110,9 @@ def test_cuda_graph_request_on_cpu_runs_eager_after_one_warning_naming_the_reaso
         first = estimator.estimate(left, right)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning
-        second = estimator.estimate_at(left, right, 32, 24)
+        second = estimator.estimate_at(left, right, 48, 32)
     np.testing.assert_array_equal(first.disparity, reference.disparity)
-    assert second.disparity.shape == (24, 32)
+    assert second.disparity.shape == (32, 48)
     with pytest.raises(ValueError, match="capture must be"):
         student(capture="graphs")
 

@@ -84,8 +84,7 @@ class TorchEstimator(StereoEstimator):
         if max_disparity:
             overrides["max_disp"] = int(max_disparity)
         self.model = load_model(model, checkpoint=model_path or None, device=self.device, **overrides)
-        self.with_confidence = with_confidence
-        self.supports_device_outputs = self.device.type == "cuda"
+        self.with_confidence = with_confidence  # settable: part of the capture key
         self.device_outputs = False
         if self.device.type == "cuda" and cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
@@ -94,7 +93,13 @@ class TorchEstimator(StereoEstimator):
         self.budget_misses = 0
         self._uploader = PairUploader(self.device)
         self._compiled: Forward | None = None
+        self._host_checks_decided = False
         self.captures = CaptureCache(self._build_capture, max_entries=max_captures, mode=self.capture_mode)
+
+    @property  # type: ignore[override]
+    def supports_device_outputs(self) -> bool:
+        """Outputs can stay on the device when there is one (CUDA); on the CPU numpy is as near."""
+        return self.device.type == "cuda"
 
     # ---- settable parameters ----------------------------------------------------------------------------------
     @property  # type: ignore[override]
@@ -157,10 +162,11 @@ class TorchEstimator(StereoEstimator):
             left, right = resize_pair(left, right, width, height)
         pair = self._uploader.upload(left, right)
         work_left, work_right = resize_pair_on_device(pair, width, height)
-        forward = functools.partial(self._forward, iters=choice.iterations)
+        with_confidence = bool(self.with_confidence)
+        forward = functools.partial(self._forward, iters=choice.iterations, with_confidence=with_confidence)
         with torch.no_grad():
             (disparity, confidence), captured_now = self.captures.run(
-                (height, width, choice.iterations), forward, (work_left, work_right))
+                (height, width, choice.iterations, with_confidence), forward, (work_left, work_right))
         if self._latency_budget_ms > 0:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -172,20 +178,35 @@ class TorchEstimator(StereoEstimator):
         return StereoEstimate(disparity.cpu().numpy(), None if confidence is None else confidence.cpu().numpy(),
                               choice.iterations, choice.budget_missed)
 
-    def _forward(self, left: torch.Tensor, right: torch.Tensor, iters: int) -> Outputs:
+    def _forward(self, left: torch.Tensor, right: torch.Tensor, iters: int, with_confidence: bool) -> Outputs:
         """The network on working-size float images [1, 3, h, w] -> disparity [h, w] (NaN where <= 0) and
         confidence [h, w] in 0..1 (or None). This is what gets captured."""
-        result = self.model.predict(left, right, iters=iters, return_confidence=self.with_confidence)
-        disp, conf = result if self.with_confidence else (result, None)
+        result = self.model.predict(left, right, iters=iters, return_confidence=with_confidence)
+        disp, conf = result if with_confidence else (result, None)
         disparity = disp[0, 0].float()
         # The network regresses a value everywhere; zero or negative disparity has no depth.
         disparity = disparity.masked_fill(~(disparity > 0), float("nan"))
         return disparity, None if conf is None else conf[0, 0].float().clamp(0.0, 1.0)
 
     def _build_capture(self, key: Hashable, forward: Forward, inputs: Sequence[torch.Tensor]) -> Forward:
+        self._decide_host_checks()
         if self.capture_mode == "cuda_graph":
             return CudaGraphForward(forward, inputs)
         if self._compiled is None:
             self._compiled = torch.compile(self._forward, mode="reduce-overhead", dynamic=False)
         assert isinstance(forward, functools.partial)
         return CompiledForward(functools.partial(self._compiled, **forward.keywords), inputs)
+
+    def _decide_host_checks(self) -> None:
+        """Settle `predict`'s one-time input checks before the first capture.
+
+        `predict` looks at the value range of the first non-black input on the host (a device sync, which is not
+        allowed inside a CUDA graph capture) and never again afterwards. Our inputs are uint8 by construction, so
+        one small mid-grey pair decides it here; otherwise a black first frame (or the black warm-up) would reach
+        the capture with the check still pending and turn capturing off for good.
+        """
+        if self._host_checks_decided:
+            return
+        grey = torch.full((1, 3, 32, 32), 128.0, device=self.device)
+        self.model.predict(grey, grey, iters=1)
+        self._host_checks_decided = True
