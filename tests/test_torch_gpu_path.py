@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from stereo_depth_ros.camera_geometry import resize_pair
 from stereo_depth_ros.inference import create_estimator
+from stereo_depth_ros.inference.base import resize_pair
 from stereo_depth_ros.inference.capture import CaptureCache, CaptureFallbackWarning
 from stereo_depth_ros.inference.device_input import PairUploader, resize_pair_on_device
 from stereo_depth_ros.inference.latency_budget import IterationCostModel, choose_iterations

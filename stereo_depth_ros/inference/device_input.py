@@ -5,8 +5,8 @@ with one non-blocking copy into a reused device buffer: no allocation per frame,
 the device is still doing. `resize_pair_on_device` then converts to float and resizes on the device.
 
 The resize is OpenCV's, written as two small matrix products, because OpenCV cannot run on the device and the
-device path must give the network the same input as the host path (`camera_geometry.resize_pair`: INTER_AREA when
-shrinking, INTER_LINEAR otherwise). torch's own `interpolate(mode="area")` averages whole pixels and so differs
+device path must give the network the same input as the host path (`resize_pair` of the estimator base: INTER_AREA
+when shrinking, INTER_LINEAR otherwise). torch's own `interpolate(mode="area")` averages whole pixels and so differs
 from INTER_AREA whenever the ratio is not an integer (e.g. 720 -> 480 rows).
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ class PairUploader:
 def resize_pair_on_device(pair: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[2, H, W, 3] images (any dtype, 0..255) -> left, right float32 [1, 3, height, width] on the same device.
 
-    Same sampling as `camera_geometry.resize_pair` with OpenCV: INTER_AREA when the width shrinks, otherwise
+    Same sampling as the host path's `resize_pair` with OpenCV: INTER_AREA when the width shrinks, otherwise
     INTER_LINEAR; unchanged size is a plain conversion. Equal to OpenCV on float input up to float rounding; on
     uint8 input OpenCV rounds its result (and uses fixed-point weights when enlarging), so the two differ by less
     than one grey level.

@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stereo_depth_ros.camera_geometry import resize_pair
-from stereo_depth_ros.inference.base import StereoEstimate, StereoEstimator
+from stereo_depth_ros.inference.base import StereoEstimate, StereoEstimator, resize_pair
 from stereo_depth_ros.inference.capture import (
     CaptureCache,
     CompiledForward,
