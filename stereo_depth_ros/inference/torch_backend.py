@@ -95,13 +95,13 @@ class TorchEstimator(StereoEstimator):
         self._host_checks_decided = False
         self.captures = CaptureCache(self._build_capture, max_entries=max_captures, mode=self.capture_mode)
 
-    @property  # type: ignore[override]
-    def supports_device_outputs(self) -> bool:
+    @property
+    def supports_device_outputs(self) -> bool:  # type: ignore[override]  # a property: it follows the device
         """Outputs can stay on the device when there is one (CUDA); on the CPU numpy is as near."""
         return self.device.type == "cuda"
 
     # ---- settable parameters ----------------------------------------------------------------------------------
-    @property  # type: ignore[override]
+    @property
     def iters(self) -> int | None:
         return self._iters
 
