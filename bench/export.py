@@ -48,9 +48,9 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from stereo_distill.cli import main as cli
 
     from stereo_depth_ros.inference import create_estimator
+    from stereo_distill.cli import main as cli
     from stereo_devkit.motorcycle import motorcycle_pair
 
     left, right = motorcycle_pair(args.height, args.width)

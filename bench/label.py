@@ -43,9 +43,9 @@ def default_teacher(given: str | None) -> str | None:
 # ------------------------------------------------------------------------------------------------- throughput
 def throughput(args) -> int:
     import torch
-    from stereo_distill.label import Thresholds, label_batch
 
     from stereo_depth_ros.models import load_model
+    from stereo_distill.label import Thresholds, label_batch
     from stereo_devkit.motorcycle import motorcycle_pair
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

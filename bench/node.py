@@ -27,13 +27,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from stereo_msgs.msg import DisparityImage
 
 from stereo_depth_ros.camera_geometry import (
-    StereoCamera,
-    cloud_array,
-    disparity_image_fields,
-    disparity_to_depth,
-    fill_disparity_image,
-    fill_pointcloud2,
-)
+    StereoCamera, cloud_array, disparity_image_fields, disparity_to_depth, fill_disparity_image, fill_pointcloud2)
 from stereo_depth_ros.config import NodeConfig
 from stereo_depth_ros.image_conversion import array_to_image, image_to_rgb
 from stereo_depth_ros.sync import StereoSynchronizer
