@@ -50,6 +50,7 @@ class OnnxEstimator(StereoEstimator):
     """One onnxruntime session. `providers`: the providers the session actually runs on (after fallback)."""
 
     name = "onnxruntime"
+    iters_fixed = True  # the export fixes the iteration count; another value is refused (base class)
 
     def __init__(self, model_path: str, providers: list[str] | tuple[str, ...] | None = None,
                  intra_op_threads: int = 0) -> None:

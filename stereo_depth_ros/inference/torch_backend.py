@@ -102,16 +102,6 @@ class TorchEstimator(StereoEstimator):
 
     # ---- settable parameters ----------------------------------------------------------------------------------
     @property
-    def iters(self) -> int | None:
-        return self._iters
-
-    @iters.setter
-    def iters(self, value: int | None) -> None:
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise ValueError(f"iters must be a positive integer (or None for the model's default), got {value!r}")
-        self._iters = None if value is None else int(value)
-
-    @property
     def latency_budget_ms(self) -> float:
         return self._latency_budget_ms
 
@@ -124,7 +114,7 @@ class TorchEstimator(StereoEstimator):
     @property
     def max_iterations(self) -> int:
         """The count a frame runs without a budget: `iters`, or the model's default."""
-        return self._iters if self._iters is not None else self.model.config.valid_iters
+        return self.iters if self.iters is not None else self.model.config.valid_iters
 
     # ---- frames -------------------------------------------------------------------------------------------------
     def estimate(self, left: np.ndarray, right: np.ndarray) -> StereoEstimate:
