@@ -81,6 +81,9 @@ def test_quick_run_prints_one_table_and_the_same_rows_as_json(quick_run):
                for r in students if r["variant"] == "cuda_graph")
     teacher, training = ([r for r in report["rows"] if r["section"] == s] for s in ("teacher", "training"))
     assert all(r["rate"] > 0 for r in teacher + training) and teacher[1]["mean_diff_px"] == 0.0
+    (pipeline,) = [r for r in report["rows"] if r["section"] == "pipeline"]
+    assert pipeline["median_ms"] > 0 and pipeline["note"] == "host post-processing"  # CPU: numpy outputs
+    assert set(pipeline["extra"]["stage_ms_last_frame"]) >= {"estimate", "postprocess"}
     assert report["weights"] == "seeded init" and report["quick"] is True
 
 

@@ -281,3 +281,27 @@ def test_auto_capture_is_cuda_graphs_for_the_student_on_cuda_only():
     assert resolve_capture_mode("auto", cpu) == "off"
     assert resolve_capture_mode("compile", cpu) == "compile"
     assert student().capture_mode == "off"
+
+
+def test_pipeline_on_the_torch_backends_device_outputs_equals_the_host_path():
+    """The CUDA path (device outputs through the pipeline's post-processing) on CPU tensors: every published output
+    equals the numpy path's, with a working size below the camera's so the rescale runs on tensors too."""
+    from stereo_depth_ros.camera_geometry import StereoCamera
+    from stereo_depth_ros.pipeline import StereoPipeline
+
+    left, right = textured_pair(height=48, width=64)
+    camera = StereoCamera(fx=60.0, fy=60.0, cx=31.5, cy=23.5, baseline=0.1, width=64, height=48)
+    outputs = []
+    for device_outputs in (False, True):
+        pipeline = StereoPipeline(student(), input_width=48, input_height=32)
+        pipeline.estimator.device_outputs = device_outputs  # on CUDA the pipeline turns it on itself
+        result = pipeline.process(left, right, camera=camera)
+        assert result.iterations == 2
+        outputs.append(result.outputs)
+    on_host, on_device = outputs
+    for name in ("disparity", "confidence"):  # element-wise copies and masks: exact
+        np.testing.assert_array_equal(getattr(on_device, name).array, getattr(on_host, name).array, err_msg=name)
+    for name in ("depth", "points"):  # f * b / d: torch and numpy may round the last bit differently
+        np.testing.assert_allclose(getattr(on_device, name).array, getattr(on_host, name).array, rtol=1e-6,
+                                   equal_nan=True, err_msg=name)
+    assert on_device.valid_share == on_host.valid_share > 0.5
