@@ -7,8 +7,8 @@ records them once and replays them with one launch.
 Modes (`CAPTURE_MODES`):
 - "cuda_graph" (the default on CUDA for the real-time network): `torch.cuda.graph` around the eager forward. It
   runs exactly the eager kernels, so its results equal eager's and every precision/parity measurement carries
-  over; a capture costs three eager passes, once per shape; it needs no compiler, and evicting a capture frees its
-  memory pool.
+  over; a capture costs two eager passes and one recorded pass, once per shape; it needs no compiler; evicting a
+  capture frees its memory pool.
 - "compile": `torch.compile(mode="reduce-overhead")`: Inductor fuses kernels and replays them through its own CUDA
   graphs. It may be faster, but each new shape is compiled on its first frame, it needs a working Triton/C++
   toolchain on the robot, and its fused kernels round differently from eager. Compiled code lives in torch's own
