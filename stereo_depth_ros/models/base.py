@@ -117,7 +117,9 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
         dtype = PRECISIONS[self.config.precision]
         if dtype == torch.float32 or device.type != "cuda" or self.compute_dtype != torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=dtype)
+        # No weight-cast cache: each `with amp:` stretch below exits before the next, so the cache would save
+        # almost nothing, and a cache that outlives a stretch is unsafe under CUDA-graph capture.
+        return torch.autocast("cuda", dtype=dtype, cache_enabled=False)
 
     # ---- forward --------------------------------------------------------------------------------------------
     def forward(self, left: torch.Tensor, right: torch.Tensor, iters: int | None = None, test_mode: bool = False):
