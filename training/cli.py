@@ -10,8 +10,9 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "record": ("training.record", "record stereo topics + camera_info into a rosbag2 without `ros2 bag` (rclpy)"),
     "extract": ("training.extract", "extract synchronised stereo pairs from a rosbag2 (sqlite3 or mcap) into DATA"),
-    "label": ("training.label", "pseudo-label DATA with the Selective-IGEV teacher (resumable, shardable)"),
+    "label": ("training.label", "pseudo-label DATA with a teacher: a checkpoint, an ONNX export or sgbm (resumable, shardable)"),
     "train": ("training.train", "distil the RT-IGEV student on teacher labels (resumable)"),
     "eval": ("training.evaluate", "EPE / D1 / bad-N of a checkpoint or ONNX file on DATA"),
     "export": ("training.export", "export the student to ONNX and verify it against PyTorch"),
