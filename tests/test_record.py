@@ -16,7 +16,7 @@ import pytest
 from training import cli
 
 pytest.importorskip("rclpy")
-from ros_helpers import node_env  # noqa: E402
+from ros_helpers import node_env
 
 REPO = Path(__file__).resolve().parents[1]
 LEFT, RIGHT = "/rig/left/image_rect", "/rig/right/image_rect"
@@ -155,11 +155,11 @@ def test_record_bad_input_is_one_line(tmp_path):
     existing = tmp_path / "bag"
     existing.mkdir()
     env = node_env(tmp_path, fastdds_profile=None)
-    result = subprocess.run(record_command(existing), env=env, capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(record_command(existing), env=env, capture_output=True, text=True, cwd=REPO, check=False)
     assert result.returncode == 2 and "already exists" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     # No publisher: one line naming the topics, after --wait.
     result = subprocess.run(record_command(tmp_path / "new", "--wait", "1"), env=env, capture_output=True,
-                            text=True, cwd=REPO)
+                            text=True, cwd=REPO, check=False)
     assert result.returncode == 2 and LEFT in result.stderr and "appeared within 1 s" in result.stderr
     assert not (tmp_path / "new").exists()

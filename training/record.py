@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         plugin = StoragePlugin.MCAP if args.storage == "mcap" else StoragePlugin.SQLITE3
         typestore = _typestore()
         counts = dict.fromkeys(topics, 0)
-        pairs = PairCounter(int(round(args.tolerance * 1e9)))
+        pairs = PairCounter(round(args.tolerance * 1e9))
         with Writer(args.out, version=9, storage_plugin=plugin) as writer:
             connections = {topic: writer.add_connection(topic, type_name, typestore=typestore)
                            for topic, (_, type_name) in topics.items()}
