@@ -1,0 +1,56 @@
+"""`make loop`'s decisions: which teacher and student start it picks, and the verdict it writes to report.json.
+
+The loop itself (minutes of CPU) is `make loop`; its stages are the subcommands tested in their own files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from stereo_depth_ros.config import load_params_file
+from training.loop import NODE_NAME, REPO, loop_report, resolve_student, resolve_teacher
+
+
+def test_teacher_is_the_official_file_when_present_else_sgbm(tmp_path):
+    official = tmp_path / "middlebury_finetune.pth"
+    source, why = resolve_teacher(str(official))
+    assert source == "sgbm" and "not found" in why and "SGBM" in why
+    official.write_bytes(b"weights")
+    source, why = resolve_teacher(str(official))
+    assert source == str(official) and "present" in why
+
+
+def test_student_start_official_then_fixture_then_seeded_init(tmp_path):
+    parity = tmp_path / "parity"
+    missing = str(tmp_path / "sceneflow.pth")
+    assert resolve_student(missing, parity)[0::2] == ("none", False)
+    (parity / "rt_igev").mkdir(parents=True)
+    (parity / "rt_igev" / "weights.pth").write_bytes(b"fixture")
+    source, what, trained = resolve_student(missing, parity)
+    assert source == str(parity / "rt_igev" / "weights.pth") and not trained and "random weights" in what
+    Path(missing).write_bytes(b"official")
+    assert resolve_student(missing, parity)[0::2] == (missing, True)
+
+
+def metrics(epe: float, bad3: float) -> dict:
+    return {"epe": epe, "bad1": bad3 + 0.1, "bad2": bad3 + 0.05, "bad3": bad3, "d1": bad3, "pairs": 6,
+            "valid_fraction": 0.9, "reference": "ground_truth", "per_pair": {}, "seconds_per_pair": 0.1}
+
+
+def test_report_verdict_and_gap_closed():
+    evaluation = {**metrics(3.0, 0.2), "compare": {"teacher": metrics(1.0, 0.1), "student_before": metrics(41.0, 0.9)}}
+    report = loop_report("sgbm", evaluation, {"teacher_why": "w", "student_start": "s"})
+    assert report["teacher"] == "sgbm" and report["reference"] == "ground_truth"
+    assert report["student_after"]["epe"] == 3.0 and report["teacher_metrics"]["bad3"] == 0.1
+    assert "per_pair" not in report["student_before"]
+    assert report["after_better_than_before"] and report["gap_closed"] == 0.95
+    worse = {**evaluation, **metrics(50.0, 0.95)}
+    assert not loop_report("/w/middlebury_finetune.pth", worse, {})["after_better_than_before"]
+    assert loop_report("/w/middlebury_finetune.pth", worse, {})["teacher"] == "middlebury_finetune.pth"
+
+
+def test_shipped_config_has_every_key_the_loop_reads():
+    params = load_params_file(REPO / "config" / "distill.yaml", NODE_NAME)
+    source = (REPO / "training" / "loop.py").read_text()
+    import re
+
+    read = set(re.findall(r'params\["([a-z_.]+)"\]', source)) | set(re.findall(r'params\.get\("([a-z_.]+)"', source))
+    assert read and read <= set(params), sorted(read - set(params))
