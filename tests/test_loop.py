@@ -3,8 +3,6 @@
 The loop itself (minutes of CPU) is `make loop`; its stages are the subcommands tested in their own files."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from stereo_depth_ros.config import load_params_file
 from training.loop import NODE_NAME, REPO, loop_report, resolve_student, resolve_teacher
 
@@ -18,16 +16,12 @@ def test_teacher_is_the_official_file_when_present_else_sgbm(tmp_path):
     assert source == str(official) and "present" in why
 
 
-def test_student_start_official_then_fixture_then_seeded_init(tmp_path):
-    parity = tmp_path / "parity"
-    missing = str(tmp_path / "sceneflow.pth")
-    assert resolve_student(missing, parity)[0::2] == ("none", False)
-    (parity / "rt_igev").mkdir(parents=True)
-    (parity / "rt_igev" / "weights.pth").write_bytes(b"fixture")
-    source, what, trained = resolve_student(missing, parity)
-    assert source == str(parity / "rt_igev" / "weights.pth") and not trained and "random weights" in what
-    Path(missing).write_bytes(b"official")
-    assert resolve_student(missing, parity)[0::2] == (missing, True)
+def test_student_start_official_else_seeded_init(tmp_path):
+    official = tmp_path / "sceneflow.pth"
+    source, what, trained = resolve_student(str(official))
+    assert (source, trained) == ("none", False) and "SEEDED RANDOM INIT" in what
+    official.write_bytes(b"official")
+    assert resolve_student(str(official))[0::2] == (str(official), True)
 
 
 def metrics(epe: float, bad3: float) -> dict:
