@@ -25,7 +25,7 @@ test: venv
 	$(PY) -m pytest -q tests
 
 demo: venv
-	$(PY) -m stereo_depth_ros.demo
+	$(PY) -m stereo_devkit.demo
 
 # Benchmarks print figures; on a machine with a GPU they measure it, here the CPU.
 bench: venv
@@ -38,7 +38,7 @@ bench: venv
 
 # The whole distillation loop at toy scale on CPU: rosbag -> extract -> label -> train -> eval -> export -> node.
 loop: venv
-	$(PY) -m training.loop --config config/distill.yaml
+	$(PY) -m stereo_distill.loop --config config/distill.yaml
 
 clean:
 	rm -rf $(VENV) build install log *.egg-info

@@ -2,6 +2,10 @@
 
 `colcon build` installs the console scripts into lib/stereo_depth_ros/ (see setup.cfg) and the launch, config
 and rviz files into share/stereo_depth_ros/; `pip install -e .[train,test]` gives the same package in a venv.
+
+Three import packages: `stereo_depth_ros` (the runtime: node, models, estimators), `stereo_distill` (the offline
+CLI; its folder is `training/`, installed under the CLI's name because a top-level `training` package would
+collide with any other of that name) and `stereo_devkit` (what the demo, the tests and the benches share).
 """
 from glob import glob
 
@@ -12,7 +16,9 @@ PACKAGE = "stereo_depth_ros"
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "training", "training.*"]),
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "stereo_devkit", "stereo_devkit.*"])
+    + ["stereo_distill" + name[len("training"):] for name in find_packages(include=["training", "training.*"])],
+    package_dir={"stereo_distill": "training"},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -35,7 +41,7 @@ setup(
     entry_points={
         "console_scripts": [
             "stereo_depth_node = stereo_depth_ros.node:main",
-            "stereo-distill = training.cli:main",
+            "stereo-distill = stereo_distill.cli:main",
         ],
     },
 )

@@ -50,8 +50,8 @@ def main() -> int:
     import torch
 
     from stereo_depth_ros.inference import create_estimator
-    from training.cli import main as cli
-    from training.export import motorcycle_pair
+    from stereo_distill.cli import main as cli
+    from stereo_devkit.motorcycle import motorcycle_pair
 
     left, right = motorcycle_pair(args.height, args.width)
     torch_est = create_estimator("torch", model="rt_igev", model_path=args.model, device="cpu", iters=args.iters)

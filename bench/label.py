@@ -27,19 +27,11 @@ import time
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 FIXTURE = REPO.parent / "shared" / "parity" / "selective_igev" / "weights.pth"
-
-
-def motorcycle(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    from skimage.data import stereo_motorcycle
-
-    left, right, _ = stereo_motorcycle()
-    return tuple(cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA) for im in (left, right))
 
 
 def default_teacher(given: str | None) -> str | None:
@@ -53,7 +45,7 @@ def throughput(args) -> int:
     import torch
 
     from stereo_depth_ros.inference import create_estimator
-    from training.label import Thresholds, label_batch
+    from stereo_distill.label import Thresholds, label_batch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     teacher = default_teacher(args.teacher)
@@ -108,7 +100,7 @@ def write_demo_bag(path: Path, frames: int, width: int, rate: float, storage: st
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from stereo_depth_ros.demo import FRAME_ID, motorcycle_rig
+    from stereo_devkit.motorcycle import FRAME_ID, motorcycle_rig
 
     ts = get_typestore(Stores.ROS2_KILTED)
     Image, CameraInfo = ts.types["sensor_msgs/msg/Image"], ts.types["sensor_msgs/msg/CameraInfo"]
@@ -162,7 +154,7 @@ def demo_bag(args) -> int:
     bag_bytes = sum(p.stat().st_size for p in bag.iterdir())
     print(f"demo bag: {args.frames} stereo frames {size['width']}x{size['height']} rgb8 + camera_info, {args.storage}, "
           f"{bag_bytes / 1e6:.1f} MB -> {bag}")
-    cli = [sys.executable, "-m", "training.cli"]
+    cli = [sys.executable, "-m", "stereo_distill.cli"]
     timings = {}
     for name, command in [
         ("extract", [*cli, "extract", str(bag), "--left-topic", "/stereo/left/image_rect",

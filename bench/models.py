@@ -85,16 +85,10 @@ class RssSampler:
 
 
 def stereo_pair(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A real pair (Middlebury Motorcycle from scikit-image) resized to the size; random if unavailable."""
-    try:
-        import cv2
-        from skimage.data import stereo_motorcycle
+    """A real pair (Middlebury Motorcycle from scikit-image) resized to the size."""
+    from stereo_devkit.motorcycle import motorcycle_pair
 
-        left, right, _ = stereo_motorcycle()
-        images = [cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA) for im in (left, right)]
-    except ImportError:
-        rng = np.random.default_rng(0)
-        images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8)] * 2
+    images = motorcycle_pair(height, width)
     tensors = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float() for im in images]
     return tensors[0], tensors[1]
 

@@ -183,16 +183,14 @@ def main() -> int:
 
 def time_inference(backend: str, width: int, height: int, args: argparse.Namespace) -> float:
     """Median ms of estimate() on a real-looking pair (skimage's Motorcycle resized) after one warm-up."""
-    from skimage.data import stereo_motorcycle
-
     from stereo_depth_ros.inference import create_estimator
+    from stereo_devkit.motorcycle import motorcycle_pair
 
     options = {"opencv_sgbm": {"max_disparity": 192},
                "torch": {"model_path": args.model_path, "device": args.device},
                "onnxruntime": {"model_path": args.model_path}}[backend]
     estimator = create_estimator(backend, **options)
-    left, right, _ = stereo_motorcycle()
-    left, right = (cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA) for im in (left, right))
+    left, right = motorcycle_pair(height, width)
     estimator.estimate(left, right)
     times = []
     for _ in range(args.inference_frames):

@@ -32,8 +32,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stereo_depth_ros.client import (NodeProcess, StereoClient, diagnostic_values, image_message,  # noqa: E402
-                                     isolated_ros_env, node_command, stamp_from_seconds)
+from stereo_devkit.client import StereoClient, diagnostic_values, image_message, stamp_from_seconds  # noqa: E402
+from stereo_devkit.node_process import NodeProcess, isolated_ros_env, node_command  # noqa: E402
 
 PROFILE = REPO / "config" / "fastdds_shm.xml"
 
@@ -111,7 +111,7 @@ def _ms(value) -> str:
 # -- node -------------------------------------------------------------------------------------------------------
 
 def bench_node(args: argparse.Namespace) -> None:
-    from stereo_depth_ros.demo import motorcycle_rig, FRAME_ID
+    from stereo_devkit.motorcycle import FRAME_ID, motorcycle_rig
 
     width, height = parse_size(args.size)
     rig = motorcycle_rig(width)

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from training.augment import AugmentConfig, augment  # noqa: E402
-from training.losses import distillation_loss  # noqa: E402
-from training.toy import motorcycle_crops  # noqa: E402
-from training.train import collate  # noqa: E402
+from stereo_distill.augment import AugmentConfig, augment  # noqa: E402
+from stereo_distill.losses import distillation_loss  # noqa: E402
+from stereo_distill.toy import motorcycle_crops  # noqa: E402
+from stereo_distill.train import collate  # noqa: E402
 
 PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity" / "rt_igev" / "weights.pth"
 

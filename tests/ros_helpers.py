@@ -2,7 +2,7 @@
 
 The node always runs as its own process (`NodeProcess`, stopped with SIGINT to its process group) in an
 environment that limits discovery to this host and to a domain derived from the test process id, with ROS logs
-and TMPDIR under the test's tmp directory (`node_env`). `StereoClient` (stereo_depth_ros.client) publishes the
+and TMPDIR under the test's tmp directory (`node_env`). `StereoClient` (stereo_devkit.client) publishes the
 inputs and records the outputs; waits use generous timeouts because a late joiner can take seconds to be
 discovered on a loaded machine.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stereo_depth_ros.client import (NodeProcess, StereoClient, image_message, isolated_ros_env, node_command,
-                                     stamp_from_seconds)
-from stereo_depth_ros.demo import FRAME_ID, StereoRig, motorcycle_rig
+from stereo_devkit.client import StereoClient, image_message, stamp_from_seconds
+from stereo_devkit.motorcycle import FRAME_ID, StereoRig, motorcycle_rig
+from stereo_devkit.node_process import NodeProcess, isolated_ros_env, node_command
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -1,11 +1,11 @@
 """Estimator backends on CPU: opencv_sgbm on a real pair, torch with the parity fixture, onnxruntime on a small graph."""
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from stereo_depth_ros.inference import StereoEstimate, create_estimator
+from stereo_devkit.motorcycle import motorcycle_rig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -13,13 +13,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 @pytest.fixture(scope="module")
 def motorcycle_half():
     """skimage's Middlebury Motorcycle at half size (250x370) with its ground truth scaled alike."""
-    data = pytest.importorskip("skimage.data", reason="scikit-image not installed")
-    left, right, disp = data.stereo_motorcycle()
-    size = (370, 250)
-    gt = cv2.resize(np.where(np.isfinite(disp), disp, np.nan).astype(np.float32), size,
-                    interpolation=cv2.INTER_NEAREST) * np.float32(size[0] / left.shape[1])
-    shrink = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in (left, right)]
-    return shrink[0], shrink[1], gt
+    rig = motorcycle_rig(370)
+    return rig.left, rig.right, rig.gt_disparity
 
 
 def test_unknown_backend_names_the_choices():

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.datasets import (
+from stereo_distill.datasets import (
     DatasetError,
     StereoCalibration,
     open_dataset,
@@ -226,7 +226,7 @@ def test_degenerate_camera_info_does_not_block_the_images(tmp_path, capsys):
     # Labelling and training never use the calibration: a zero right projection warns and leaves it out.
     import yaml
 
-    from training.datasets import open_dataset
+    from stereo_distill.datasets import open_dataset
 
     sample = tmp_path / "000000"
     sample.mkdir()
@@ -243,7 +243,7 @@ def test_degenerate_camera_info_does_not_block_the_images(tmp_path, capsys):
 
 def test_split_gives_both_sides_a_pair_on_tiny_sets():
     # train and `eval --split val` share this split: a two-pair set must not leave validation empty.
-    from training.datasets import StereoSample
+    from stereo_distill.datasets import StereoSample
 
     samples = [StereoSample(name=f"pair{i}", left=Path("l.png"), right=Path("r.png")) for i in range(2)]
     for seed in range(20):

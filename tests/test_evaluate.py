@@ -15,12 +15,12 @@ import pytest
 
 pytest.importorskip("torch")
 
-from training.toy import motorcycle_crops, write_data, write_label  # noqa: E402
+from stereo_distill.toy import motorcycle_crops, write_data, write_label  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
 STUDENT = PARITY / "rt_igev" / "weights.pth"
-CLI = [sys.executable, "-c", "import sys; from training.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from stereo_distill.cli import main; sys.exit(main())"]
 KEYS = {"epe", "d1", "bad1", "bad2", "bad3", "pairs", "valid_fraction", "reference"}
 
 pytestmark = pytest.mark.skipif(not STUDENT.is_file(), reason=f"RT-IGEV parity fixture {STUDENT} not present")
@@ -49,7 +49,7 @@ def _eval(*argv: str, ok: bool = True) -> subprocess.CompletedProcess:
 
 
 def _expected(pairs, reference: str, predict) -> dict:
-    from training.metrics import DisparityMetrics
+    from stereo_distill.metrics import DisparityMetrics
 
     acc = DisparityMetrics(reference=reference)
     for pair in pairs:
@@ -124,7 +124,7 @@ def test_compare_writes_a_side_by_side_picture(toy, tmp_path):
 
 
 def test_no_reference_is_a_clear_error(toy, capsys):
-    from training.cli import main
+    from stereo_distill.cli import main
 
     root, _ = toy
     assert main(["eval", "--model", str(STUDENT), "--data", str(root / "data_nogt")]) == 2

@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime")
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "parity" / "rt_igev" / "weights.pth"
-CLI = [sys.executable, "-c", "import sys; from training.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from stereo_distill.cli import main; sys.exit(main())"]
 ITERS = 2
 
 pytestmark = pytest.mark.skipif(not FIXTURE.is_file(), reason=f"RT-IGEV parity fixture {FIXTURE} not present")
@@ -59,7 +59,7 @@ def test_fp32_export_matches_pytorch_and_carries_the_node_metadata(fixed_fp32):
 
 
 def _motorcycle(height: int, width: int):
-    from training.export import motorcycle_pair
+    from stereo_devkit.motorcycle import motorcycle_pair
 
     return motorcycle_pair(height, width)
 
@@ -111,7 +111,7 @@ def test_fp16_export_runs_in_onnxruntime_close_to_fp32(tmp_path):
     (["--out", "x.onnx", "--model", "missing.pth"], "does not exist"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, monkeypatch, capsys, argv, message):
-    from training.cli import main
+    from stereo_distill.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--model", str(FIXTURE), *argv]) == 2

@@ -11,9 +11,9 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from training import cli
-from training.datasets import open_dataset
-from training.extract import Frame, match_frames
+from stereo_distill import cli
+from stereo_distill.datasets import open_dataset
+from stereo_distill.extract import Frame, match_frames
 
 TS = get_typestore(Stores.ROS2_KILTED)
 H, W = 20, 28

@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from stereo_distill import cli
+from stereo_distill.datasets import open_dataset, write_image
+from stereo_distill.label import Thresholds, consistency_mask, label_batch
 
 from stereo_depth_ros.inference import StereoEstimate, StereoEstimator, open_estimator
-from training import cli
-from training.datasets import open_dataset, write_image
-from training.label import Thresholds, consistency_mask, label_batch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -50,10 +50,10 @@ def teacher(weights):
 
 def motorcycle_crops(n: int, size=(32, 64)) -> list[tuple[np.ndarray, np.ndarray]]:
     """Real stereo content: n different windows of the Motorcycle pair, downscaled by 4."""
-    from skimage.data import stereo_motorcycle
+    from stereo_devkit.motorcycle import motorcycle_rig
 
-    left, right, _ = stereo_motorcycle()
-    small = [cv2.resize(im, (185, 125), interpolation=cv2.INTER_AREA) for im in (left, right)]
+    rig = motorcycle_rig(185)
+    small = [rig.left, rig.right]
     h, w = size
     crops = []
     for i in range(n):
@@ -171,7 +171,7 @@ def test_changed_settings_are_refused(weights, tmp_path, capsys):
 
 def test_kill_9_then_resume_equals_uninterrupted(weights, tmp_path):
     data = make_data(tmp_path / "data", 3)
-    command = [sys.executable, "-m", "training.cli", "label", str(data), "--teacher", str(weights), *SMALL]
+    command = [sys.executable, "-m", "stereo_distill.cli", "label", str(data), "--teacher", str(weights), *SMALL]
 
     reference = tmp_path / "reference"
     subprocess.run([*command, "--out", str(reference)], env=subprocess_env(), check=True, capture_output=True)
@@ -196,11 +196,11 @@ def test_torchrun_two_ranks_equal_single_process(weights, tmp_path):
     data = make_data(tmp_path / "data", 4, sizes=[(32, 64), (32, 64), (32, 96), (32, 64)])
     args = ["label", str(data), "--teacher", str(weights), *SMALL, "--batch-size", "2", "--device", "cpu"]
     single, multi = tmp_path / "single", tmp_path / "multi"
-    subprocess.run([sys.executable, "-m", "training.cli", *args, "--out", str(single)], env=subprocess_env(),
+    subprocess.run([sys.executable, "-m", "stereo_distill.cli", *args, "--out", str(single)], env=subprocess_env(),
                    check=True, capture_output=True)
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "training.cli", *args, "--out", str(multi)],
+         "-m", "stereo_distill.cli", *args, "--out", str(multi)],
         env=subprocess_env(), capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -265,8 +265,7 @@ def test_consistency_mask_range_and_border():
 
 def test_consistency_mask_distrusts_non_finite_teacher_values():
     import torch
-
-    from training.label import Thresholds, consistency_mask
+    from stereo_distill.label import Thresholds, consistency_mask
 
     disp = torch.full((1, 4, 8), 2.0)
     disp[0, 1, 3] = float("nan")
@@ -347,7 +346,7 @@ def test_teacher_flags_that_do_not_apply_are_refused(teacher_files, tmp_path, ca
 
 
 def test_report_and_contact_sheet_show_the_right_samples(tmp_path, capsys):
-    from training.label_report import CAPTION
+    from stereo_distill.label_report import CAPTION
 
     h, w = 32, 64
     data = make_data(tmp_path / "data", 5)

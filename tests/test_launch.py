@@ -19,10 +19,11 @@ import pytest
 
 from ros_helpers import REPO, StampCounter, StereoRigClient, float_image, node_env, require_ros_tooling, \
     small_rig
-from stereo_depth_ros.client import NodeProcess, StereoClient
+from stereo_devkit.client import StereoClient
+from stereo_devkit.node_process import NodeProcess
 
-PACKAGE_CONTENT = ("setup.py", "setup.cfg", "package.xml", "resource", "stereo_depth_ros", "training", "launch",
-                   "config", "rviz")
+PACKAGE_CONTENT = ("setup.py", "setup.cfg", "package.xml", "resource", "stereo_depth_ros", "training", "stereo_devkit",
+                   "launch", "config", "rviz")
 INPUTS = {"left_image": "/cam/left/image_rect", "right_image": "/cam/right/image_rect",
           "left_info": "/cam/left/camera_info", "right_info": "/cam/right/camera_info"}
 

@@ -3,8 +3,9 @@
 The loop itself (minutes of CPU) is `make loop`; its stages are the subcommands tested in their own files."""
 from __future__ import annotations
 
+from stereo_distill.loop import NODE_NAME, REPO, loop_report, resolve_student, resolve_teacher
+
 from stereo_depth_ros.config import load_params_file
-from training.loop import NODE_NAME, REPO, loop_report, resolve_student, resolve_teacher
 
 
 def test_teacher_is_the_official_file_when_present_else_sgbm(tmp_path):

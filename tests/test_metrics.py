@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from training.metrics import DisparityMetrics, compute_metrics, pixel_errors
+from stereo_distill.metrics import DisparityMetrics, compute_metrics, pixel_errors
 
 
 def test_hand_computed_single_pair():
@@ -30,7 +30,8 @@ def test_hand_computed_single_pair():
     assert m["pairs"] == 1
     assert m["valid_fraction"] == pytest.approx(6 / 8)
     assert m["reference"] == "ground_truth"
-    assert set(m) == {"epe", "d1", "bad1", "bad2", "bad3", "pairs", "valid_fraction", "reference"}
+    assert m["coverage"] == 1.0
+    assert set(m) == {"epe", "d1", "bad1", "bad2", "bad3", "pairs", "valid_fraction", "coverage", "reference"}
 
 
 def test_d1_relative_condition_alone_is_not_enough():
@@ -54,6 +55,7 @@ def test_missing_predictions_are_bad_not_ignored():
     m = compute_metrics(pred, ref)
     assert m["bad1"] == 0.5 and m["d1"] == 0.5
     assert m["epe"] == 0.0  # EPE over answered pixels
+    assert m["coverage"] == 0.5
     err, ref_abs = pixel_errors(pred, ref)
     assert math.isinf(err[1]) and ref_abs.tolist() == [10.0, 10.0]
 
@@ -73,7 +75,7 @@ torch = pytest.importorskip("torch")
 
 
 def test_sequence_weights_follow_upstream():
-    from training.losses import sequence_weights
+    from stereo_distill.losses import sequence_weights
 
     w = sequence_weights(22)
     assert w[-1] == 1.0
@@ -83,7 +85,7 @@ def test_sequence_weights_follow_upstream():
 
 
 def test_sequence_loss_masks_invalid_and_out_of_range_pixels():
-    from training.losses import LossConfig, sequence_loss
+    from stereo_distill.losses import LossConfig, sequence_loss
 
     target = torch.tensor([[[[10.0, 20.0, 300.0, 40.0]]]])
     valid = torch.tensor([[[[1.0, 1.0, 1.0, 0.0]]]])           # last pixel invalid; 300 px beyond max_range 192
@@ -99,7 +101,7 @@ def test_sequence_loss_masks_invalid_and_out_of_range_pixels():
 
 
 def test_ground_truth_mixing_uses_only_pixels_with_ground_truth():
-    from training.losses import LossConfig, distillation_loss
+    from stereo_distill.losses import LossConfig, distillation_loss
 
     label = torch.full((1, 1, 1, 2), 10.0)
     label_valid = torch.ones_like(label)
@@ -115,7 +117,7 @@ def test_ground_truth_mixing_uses_only_pixels_with_ground_truth():
 
 
 def test_empty_mask_gives_zero_loss_with_gradient():
-    from training.losses import sequence_loss
+    from stereo_distill.losses import sequence_loss
 
     pred = torch.ones(1, 1, 2, 2, requires_grad=True)
     loss, _ = sequence_loss(pred, [pred], torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))

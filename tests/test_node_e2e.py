@@ -20,8 +20,8 @@ from sensor_msgs.msg import Image
 
 from ros_helpers import (SHARED, TIMEOUT, StampCounter, StereoRigClient, float_image, node_env, small_rig,
                          start_node)
-from stereo_depth_ros.client import StereoClient, diagnostic_values, image_message, stamp_from_seconds
-from stereo_depth_ros.demo import FRAME_ID, motorcycle_rig
+from stereo_devkit.client import StereoClient, diagnostic_values, image_message, stamp_from_seconds
+from stereo_devkit.motorcycle import FRAME_ID, motorcycle_rig
 
 SGBM_PARAMS = {"backend": "opencv_sgbm", "max_disparity": 64, "approximate_sync": True,
                "approximate_sync_tolerance_seconds": 0.02, "diagnostics_period": 0.5}

@@ -12,8 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from training import cli
+from stereo_distill import cli
 
 pytest.importorskip("rclpy")
 from ros_helpers import node_env
@@ -79,7 +78,7 @@ def wait_for_text(log: Path, text: str, process: subprocess.Popen, timeout: floa
 
 
 def record_command(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "training.cli", "record", str(out), "--left-topic", LEFT, "--right-topic", RIGHT,
+    return [sys.executable, "-m", "stereo_distill.cli", "record", str(out), "--left-topic", LEFT, "--right-topic", RIGHT,
             *extra]
 
 

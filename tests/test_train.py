@@ -19,14 +19,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.augment import AugmentConfig, augment  # noqa: E402
-from training.toy import motorcycle_crops, write_data, write_label  # noqa: E402
+from stereo_distill.augment import AugmentConfig, augment  # noqa: E402
+from stereo_distill.toy import motorcycle_crops, write_data, write_label  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "parity" / "rt_igev" / "weights.pth"
-# training.cli through its console-script entry point (`python -m training.cli` would load the module twice,
-# as __main__ and as training.cli, and its CliError handler would not recognise the subcommands' CliError).
-CLI = [sys.executable, "-c", "import sys; from training.cli import main; sys.exit(main())"]
+# stereo_distill.cli through its console-script entry point (`python -m stereo_distill.cli` would load the module twice,
+# as __main__ and as stereo_distill.cli, and its CliError handler would not recognise the subcommands' CliError).
+CLI = [sys.executable, "-c", "import sys; from stereo_distill.cli import main; sys.exit(main())"]
 COMMON = ["--batch-size", "1", "--crop", "64", "128", "--train-iters", "2", "--valid-iters", "2", "--workers", "0",
           "--val-every", "0", "--val-fraction", "0.2", "--seed", "3", "--log-every", "1"]
 
@@ -70,10 +70,10 @@ def _load(path: Path) -> dict:
 def _fixed_batch_loss(checkpoint: str | None, toy: Path) -> float:
     """Distillation loss of a checkpoint on the centre 64x128 crops of every pair (training-mode forward)."""
     from stereo_depth_ros.models import load_model
-    from training.augment import center_crop
-    from training.datasets import open_dataset
-    from training.losses import distillation_loss
-    from training.train import TrainItem, collate, load_item
+    from stereo_distill.augment import center_crop
+    from stereo_distill.datasets import open_dataset
+    from stereo_distill.losses import distillation_loss
+    from stereo_distill.train import TrainItem, collate, load_item
 
     model = load_model("rt_igev", checkpoint=checkpoint)
     model.train()
@@ -150,7 +150,7 @@ def test_two_process_torchrun_matches_single_process_accumulation(toy, tmp_path)
     _run(_train_cmd(toy, tmp_path / "single", *args, "--accumulate", "2"))
     cmd = _train_cmd(toy, tmp_path / "ddp", *args)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                "-m", "training.cli", *cmd[len(CLI):]]
+                "-m", "stereo_distill.cli", *cmd[len(CLI):]]
     _run(torchrun)
     run_json = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert run_json["world_size"] == 2

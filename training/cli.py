@@ -10,12 +10,12 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "record": ("training.record", "record stereo topics + camera_info into a rosbag2 without `ros2 bag` (rclpy)"),
-    "extract": ("training.extract", "extract synchronised stereo pairs from a rosbag2 (sqlite3 or mcap) into DATA"),
-    "label": ("training.label", "pseudo-label DATA with a teacher: a checkpoint, an ONNX export or sgbm (resumable, shardable)"),
-    "train": ("training.train", "distil the RT-IGEV student on teacher labels (resumable)"),
-    "eval": ("training.evaluate", "EPE / D1 / bad-N of a checkpoint or ONNX file on DATA"),
-    "export": ("training.export", "export the student to ONNX and verify it against PyTorch"),
+    "record": (".record", "record stereo topics + camera_info into a rosbag2 without `ros2 bag` (rclpy)"),
+    "extract": (".extract", "extract synchronised stereo pairs from a rosbag2 (sqlite3 or mcap) into DATA"),
+    "label": (".label", "pseudo-label DATA with a teacher: a checkpoint, an ONNX export or sgbm (resumable, shardable)"),
+    "train": (".train", "distil the RT-IGEV student on teacher labels (resumable)"),
+    "eval": (".evaluate", "EPE / D1 / bad-N of a checkpoint or ONNX file on DATA"),
+    "export": (".export", "export the student to ONNX and verify it against PyTorch"),
 }
 
 
@@ -31,7 +31,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if command is not None and name != command:
             sub.add_parser(name, help=help_text)
             continue
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(module_name, __package__)
         sub_parser = sub.add_parser(name, help=help_text, description=module.__doc__)
         module.add_arguments(sub_parser)
         sub_parser.set_defaults(_module=module)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Through the package import, so that CliError raised by the subcommand modules is this module's CliError
-    # (under `python -m` this file would otherwise be loaded twice, as __main__ and as training.cli).
-    from training.cli import main as _main
+    # (under `python -m` this file would otherwise be loaded twice, as __main__ and as stereo_distill.cli).
+    from .cli import main as _main
 
     sys.exit(_main())

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import numpy as np
 
 from stereo_depth_ros.atomic_io import atomic_write_json
-from training.cli import CliError
-from training.metrics import DisparityMetrics
+from .cli import CliError
+from .metrics import DisparityMetrics
 
 MODEL_NAMES = ("rt_igev", "selective_igev")
 
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=("auto",) + MODEL_NAMES, default="auto",
                         help="network of a .pth checkpoint (auto: its saved config, else try rt_igev then "
                              "selective_igev)")
-    parser.add_argument("--data", required=True, help="DATA folder (any layout training.datasets reads)")
+    parser.add_argument("--data", required=True, help="DATA folder (any layout stereo_distill.datasets reads)")
     parser.add_argument("--labels", default=None, help="LABELS folder: the reference where DATA has no ground truth")
     parser.add_argument("--reference", choices=("auto", "ground_truth", "labels"), default="auto",
                         help="auto: ground truth when every pair has it, else labels")
@@ -153,7 +153,7 @@ class EvalPair:
 
 def collect_pairs(args) -> tuple[list[Any], str, Path | None]:
     """(samples, reference kind, labels root) after checking the inputs."""
-    from training.datasets import DatasetError, open_dataset, split_samples
+    from .datasets import DatasetError, open_dataset, split_samples
 
     try:
         dataset = open_dataset(args.data)
@@ -191,7 +191,7 @@ def collect_pairs(args) -> tuple[list[Any], str, Path | None]:
 
 
 def load_pair(sample, reference: str, labels: Path | None) -> EvalPair:
-    from training.train import read_label
+    from .train import read_label
 
     left, right = sample.load_pair()
     if reference == "ground_truth":
@@ -236,7 +236,7 @@ def comparison_picture(pairs: list[EvalPair], columns: list[tuple[str, list[np.n
     """
     import cv2
 
-    from training.train import colorize
+    from .train import colorize
 
     rows = []
     for i, pair in enumerate(pairs):
@@ -262,7 +262,7 @@ def comparison_picture(pairs: list[EvalPair], columns: list[tuple[str, list[np.n
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    from training.datasets import DatasetError, write_image
+    from .datasets import DatasetError, write_image
 
     try:
         write_image(path, rgb)

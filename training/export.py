@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.cli import CliError
-from training.provenance import sha256_file
+from .cli import CliError
+from .provenance import sha256_file
 
 OPSET = 17
 META_PREFIX = "stereo_depth_ros."
@@ -161,23 +161,6 @@ def add_metadata(path: Path, props: dict[str, str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------- verification
-def motorcycle_pair(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """A real rectified pair of the requested size: a centred crop of skimage's Motorcycle, resized if larger."""
-    import cv2
-    from skimage import data
-
-    left, right, _ = data.stereo_motorcycle()
-    h, w = left.shape[:2]
-    scale = max(height / h, width / w, 0.5)
-    if scale != 1.0:
-        size = (max(int(round(w * scale)), width), max(int(round(h * scale)), height))
-        left = cv2.resize(left, size, interpolation=cv2.INTER_AREA)
-        right = cv2.resize(right, size, interpolation=cv2.INTER_AREA)
-    h, w = left.shape[:2]
-    y0, x0 = (h - height) // 2, (w - width) // 2
-    return left[y0:y0 + height, x0:x0 + width], right[y0:y0 + height, x0:x0 + width]
-
-
 def _chw(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image.astype(np.float32).transpose(2, 0, 1)[None])
 
@@ -193,6 +176,8 @@ def ort_session(path: Path, providers: list[str] | None = None):
 def verify(path: Path, reference_model, iters: int, sizes: list[tuple[int, int]]) -> list[dict]:
     """Run the file in onnxruntime (CPU) on a random and a real pair per size; compare to PyTorch float32."""
     import torch
+
+    from stereo_devkit.motorcycle import motorcycle_pair
 
     session = ort_session(path)
     rng = np.random.default_rng(0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from stereo_depth_ros.atomic_io import atomic_write_json
-from training.cli import CliError
+from .cli import CliError
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
@@ -200,7 +200,7 @@ def _scan(reader, bag: Path, left_conns, right_conns, info_conns) -> tuple[list[
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from training.datasets import camera_info_to_dict, read_camera_info, write_camera_info, write_image
+    from .datasets import camera_info_to_dict, read_camera_info, write_camera_info, write_image
 
     if args.stride < 1:
         raise CliError(f"--stride must be >= 1, got {args.stride}")

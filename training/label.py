@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from stereo_depth_ros.atomic_io import atomic_write, atomic_write_json
-from training.cli import CliError
-from training.provenance import software_versions
+
+from .cli import CliError
+from .provenance import software_versions
 
 MANIFEST = "manifest.json"
 RECORD = "label.json"  # written last: marks a sample complete
@@ -48,7 +49,7 @@ class Thresholds:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", type=Path, metavar="DATA", help="stereo pairs (any layout training.datasets reads)")
+    parser.add_argument("data", type=Path, metavar="DATA", help="stereo pairs (any layout stereo_distill.datasets reads)")
     parser.add_argument("--teacher", required=True, metavar="TEACHER",
                         help="a checkpoint of either network (official state_dict or ours), an ONNX export "
                              "(stereo-distill export), or 'sgbm' (OpenCV semi-global matching)")
@@ -163,7 +164,7 @@ def remove_partials(folder: Path) -> None:
 
 
 def write_label(folder: Path, disparity: np.ndarray, valid: np.ndarray, stats: dict | None = None) -> dict:
-    from training.datasets import write_image
+    from .datasets import write_image
 
     atomic_write(folder / "disparity.npy", lambda handle: np.save(handle, disparity.astype(np.float32)))
     write_image(folder / "valid.png", np.where(valid, 255, 0).astype(np.uint8))
@@ -203,8 +204,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from stereo_depth_ros.inference import source_kind
-    from training.datasets import DatasetError, open_dataset
-    from training.label_shards import init_distributed
+
+    from .datasets import DatasetError, open_dataset
+    from .label_shards import init_distributed
 
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -237,10 +239,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info, device: str, tqdm):
-    from training.datasets import DatasetError
-    from training.label_report import SHEET, write_report
-    from training.label_shards import plan_batches
-    from training.label_teacher import check_compatible, open_teacher
+    from .datasets import DatasetError
+    from .label_report import SHEET, write_report
+    from .label_shards import plan_batches
+    from .label_teacher import check_compatible, open_teacher
 
     started = time.monotonic()
     teacher = open_teacher(args.teacher, args.model, args.iters, args.max_disp, args.precision, device)

@@ -77,7 +77,7 @@ def _row(sample: Any, label_dir: Path, record: dict) -> np.ndarray:
     """uint8 RGB: caption strip over left | disparity | valid, each tile shrunk to at most TILE_HEIGHT."""
     import cv2
 
-    from training.train import colorize
+    from .train import colorize
 
     left, _ = sample.load_pair()
     disparity = np.load(label_dir / "disparity.npy")
@@ -104,7 +104,7 @@ def _row(sample: Any, label_dir: Path, record: dict) -> np.ndarray:
 def _write_sheet(path: Path, entries: list[tuple[str, Any, Path, dict]]) -> None:
     import cv2
 
-    from training.datasets import write_image
+    from .datasets import write_image
 
     rows = [_row(sample, label_dir, record) for _, sample, label_dir, record in entries]
     width = max(row.shape[1] for row in rows)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.cli import CliError
-from training.provenance import sha256_file
+from .cli import CliError
+from .provenance import sha256_file
 
 # Defaults for a checkpoint teacher: upstream's Middlebury evaluation settings for Selective-IGEV.
 CHECKPOINT_ITERS, CHECKPOINT_MAX_DISP = 80, 768

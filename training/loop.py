@@ -1,6 +1,6 @@
 """The whole distillation loop from one config file: rosbag -> extract -> label -> train -> eval -> export -> node.
 
-    python -m training.loop [--config config/distill.yaml] [--work-dir DIR] [--steps N]      (or: make loop)
+    python -m stereo_distill.loop [--config config/distill.yaml] [--work-dir DIR] [--steps N]      (or: make loop)
 
 Every stage is the `stereo-distill` subcommand a user would run by hand, called in-process with the arguments
 printed before it runs, so the log doubles as the recipe. Stages resume (extract, label and train skip finished
@@ -71,7 +71,7 @@ def resolve_student(configured: str) -> tuple[str, str, bool]:
 
 
 def _stage(name: str, argv: list[str], timings: dict[str, float]) -> None:
-    from training.cli import main
+    from .cli import main
 
     print(f"\n=== {name}: stereo-distill {shlex.join(argv)}", file=sys.stderr, flush=True)
     start = time.perf_counter()
@@ -86,7 +86,7 @@ def _stage(name: str, argv: list[str], timings: dict[str, float]) -> None:
 
 def _toy_sets(params: dict[str, Any]) -> tuple[list, list]:
     """(training pairs, held-out pairs with ground truth): Motorcycle crops from two bands of rows."""
-    from training.toy import motorcycle_crops
+    from .toy import motorcycle_crops
 
     crop = tuple(params["toy.crop"])
     train = motorcycle_crops(crop, tuple(params["toy.scales"]), int(params["toy.crops_per_scale"]), seed=0,
@@ -120,7 +120,7 @@ def loop_report(teacher: str, evaluation: dict[str, Any], why: dict[str, str]) -
 
 
 def run_loop(params: dict[str, Any], work_dir: Path | None = None, steps: int | None = None) -> dict[str, Any]:
-    from training.toy import write_bag, write_data
+    from .toy import write_bag, write_data
 
     work = Path(work_dir or params.get("work_dir", "out/loop"))
     if not work.is_absolute():
@@ -298,7 +298,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.loop", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stereo_distill.loop", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "config" / "distill.yaml"), help="params file")
     parser.add_argument("--work-dir", default=None, help="override work_dir")
     parser.add_argument("--steps", type=int, default=None, help="override train.steps")
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params_file(args.config, NODE_NAME)
         summary = run_loop(params, Path(args.work_dir) if args.work_dir else None, args.steps)
     except (ConfigError, LoopError, KeyError) as error:
-        print(f"training.loop: error: {error}", file=sys.stderr)
+        print(f"stereo_distill.loop: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("work_dir", "onnx", "timings_s", "teacher", "student_start")}, indent=2))
     return 0

@@ -1,5 +1,14 @@
 """Disparity error metrics: EPE, D1 and bad-N over valid pixels, pooled over a whole evaluation set.
 
+The one definition, used by `stereo-distill eval`, training's validation and the demo alike:
+- a pixel counts when the reference is finite there (and the optional `valid` mask allows it);
+- a prediction that is NaN at a counted pixel (no answer: SGBM's holes, a non-positive disparity that the
+  estimator turned into NaN) is an error for D1 and every bad-N: an estimator cannot improve them by not
+  answering;
+- EPE is the mean absolute error over the counted pixels the prediction answered (a missing answer has no
+  size, and averaging +inf would make EPE meaningless), so read it with `coverage`, the share of counted pixels
+  that were answered.
+
 Pooling: every metric is a ratio of sums over all valid pixels of all pairs (each pixel counts once), so a large
 image weighs more than a small one. This is the KITTI convention for D1 and keeps the numbers independent of how
 the set is split into pairs; `pairs` and `valid_fraction` say how much data they rest on.
@@ -72,6 +81,7 @@ class DisparityMetrics:
             "d1": d1 / n,
             **{f"bad{int(t)}": int(np.count_nonzero(err > t)) / n for t in BAD_THRESHOLDS_PX},
             "valid_fraction": err.size / max(int(np.asarray(ref).size), 1),
+            "coverage": int(finite.sum()) / n,
         }
 
     def result(self) -> dict[str, float | int | str]:
@@ -83,6 +93,7 @@ class DisparityMetrics:
             **{f"bad{int(t)}": (self.bad_counts[t] / n if n else float("nan")) for t in BAD_THRESHOLDS_PX},
             "pairs": self.pairs,
             "valid_fraction": n / self.total_pixels if self.total_pixels else 0.0,
+            "coverage": answered / n if n else 0.0,
             "reference": self.reference,
         }
 
@@ -93,3 +104,10 @@ def compute_metrics(pred: np.ndarray, ref: np.ndarray, valid: np.ndarray | None 
     acc = DisparityMetrics(reference=reference)
     acc.update(pred, ref, valid)
     return acc.result()
+
+
+def describe_metrics(metrics: dict) -> str:
+    """One line for people: EPE, bad-2, bad-3, D1 (percent) and coverage."""
+    return (f"EPE {metrics['epe']:.2f} px, bad-2 {metrics['bad2'] * 100:.1f} %, bad-3 {metrics['bad3'] * 100:.1f} %, "
+            f"D1 {metrics['d1'] * 100:.1f} % (no answer counts as bad), answered {metrics['coverage'] * 100:.0f} % "
+            "of the reference pixels")

@@ -30,10 +30,9 @@ def motorcycle_crops(size: tuple[int, int] = (96, 160), scales: tuple[float, ...
     sets that share no scene point: in a rectified pair a point stays in its row in both views, so a held-out
     band is unseen however the training band is cropped or scaled.
     """
-    from skimage import data
+    from stereo_devkit.motorcycle import load_motorcycle
 
-    left, right, disp = data.stereo_motorcycle()
-    disp = np.where(np.isfinite(disp), disp, np.nan).astype(np.float32)
+    left, right, disp = load_motorcycle()
     rng = np.random.default_rng(seed)
     out = []
     h, w = size
@@ -57,7 +56,7 @@ def motorcycle_crops(size: tuple[int, int] = (96, 160), scales: tuple[float, ...
 
 def write_data(root: str | Path, pairs: list[ToyPair], with_ground_truth: bool = True) -> Path:
     """DATA/<name>/left.png, right.png and (optionally) left_disp.png (uint16, disparity x 100, 0 = invalid)."""
-    from training.datasets import write_image, write_scaled_disparity_png
+    from .datasets import write_image, write_scaled_disparity_png
 
     root = Path(root)
     for pair in pairs:
@@ -72,7 +71,7 @@ def write_data(root: str | Path, pairs: list[ToyPair], with_ground_truth: bool =
 
 def write_label(root: str | Path, name: str, disp: np.ndarray, valid: np.ndarray) -> None:
     """LABELS/<name>/ exactly as `stereo-distill label` writes it (for tests that need labels but no teacher)."""
-    from training.label import write_label as write_label_folder
+    from .label import write_label as write_label_folder
 
     folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)

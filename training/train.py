@@ -23,10 +23,10 @@ import torch
 import torch.distributed as dist
 
 from stereo_depth_ros.atomic_io import atomic_write_json
-from training.augment import AugmentConfig, augment, center_crop
-from training.cli import CliError
-from training.losses import LossConfig, distillation_loss
-from training.metrics import DisparityMetrics
+from .augment import AugmentConfig, augment, center_crop
+from .cli import CliError
+from .losses import LossConfig, distillation_loss
+from .metrics import DisparityMetrics
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pth"
@@ -38,7 +38,7 @@ RUN_DEFINING_ARGS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="DATA folder (any layout training.datasets reads)")
+    parser.add_argument("--data", required=True, help="DATA folder (any layout stereo_distill.datasets reads)")
     parser.add_argument("--labels", required=True, help="LABELS folder written by `stereo-distill label`")
     parser.add_argument("--student", required=True,
                         help="initial RT-IGEV checkpoint (official or ours), or 'none' for a seeded random init")
@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class TrainItem:
     """One labelled pair: the dataset sample and its label folder."""
 
-    sample: Any  # training.datasets.StereoSample
+    sample: Any  # stereo_distill.datasets.StereoSample
     label_dir: Path
 
 
@@ -103,7 +103,7 @@ def read_label(label_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_item(item: TrainItem) -> dict[str, np.ndarray]:
-    """The arrays augmentation works on (see training.augment); ground truth only where DATA has it."""
+    """The arrays augmentation works on (see stereo_distill.augment); ground truth only where DATA has it."""
     left, right = item.sample.load_pair()
     disp, valid = read_label(item.label_dir)
     if disp.shape != left.shape[:2]:
@@ -118,7 +118,7 @@ def load_item(item: TrainItem) -> dict[str, np.ndarray]:
 
 def collect_items(data: str, labels: str) -> list[TrainItem]:
     """DATA samples that have a label folder; CliError for a missing folder or no labelled pair at all."""
-    from training.datasets import DatasetError, open_dataset
+    from .datasets import DatasetError, open_dataset
 
     labels_root = Path(labels)
     if not labels_root.is_dir():
@@ -136,7 +136,7 @@ def collect_items(data: str, labels: str) -> list[TrainItem]:
 
 def split_items(items: list[TrainItem], val_fraction: float, seed: int) -> tuple[list[TrainItem], list[TrainItem]]:
     """The held-out split of `datasets.split_samples` (the one `eval --split val` uses too), on training items."""
-    from training.datasets import split_samples
+    from .datasets import split_samples
 
     by_name = {item.sample.name: item for item in items}
     train_s, val_s = split_samples([item.sample for item in items], val_fraction, seed)

@@ -1,0 +1,194 @@
+"""`make demo`: run stereo_depth_node on a real stereo pair over real DDS and score it against ground truth.
+
+What it does:
+1. picks the estimator: the RT-IGEV student when weights are in weights/ (an .onnx file -> onnxruntime, else
+   sceneflow.pth -> torch), otherwise the weight-free opencv_sgbm baseline, and says which;
+2. starts `stereo_depth_node` as its own process (own session, discovery limited to this host, a domain of its
+   own, the package's Fast DDS shared-memory profile);
+3. streams scikit-image's Middlebury "Motorcycle" pair at a camera-like rate, with camera_info built from its
+   real calibration scaled to the streamed resolution (including Middlebury's `doffs`: the right camera's
+   principal point is `doffs` pixels right of the left one, so depth = f * B / (d + doffs));
+4. receives disparity, depth and the point cloud; writes out/demo/disparity.png, depth.png (colourised),
+   points.ply and metrics.json;
+5. prints the end-to-end latency (stamp to receipt, through DDS) and EPE / bad-2 / depth error against the
+   ground truth.
+
+    python -m stereo_devkit.demo [--width 640] [--frames 20] [--rate 10] [--backend auto|...] [--out out/demo]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from stereo_depth_ros.atomic_io import atomic_write_json
+from stereo_devkit.client import StereoClient, diagnostic_values, image_message, stamp_from_seconds, stamp_to_seconds
+from stereo_devkit.node_process import NodeProcess, isolated_ros_env, node_command, package_fastdds_profile
+from stereo_devkit.motorcycle import FRAME_ID, StereoRig, motorcycle_rig
+from stereo_devkit.outputs import colourise, write_png, write_ply
+from stereo_distill.metrics import compute_metrics, describe_metrics
+
+
+class DemoError(Exception):
+    """The node did not come up or did not answer: printed with its log, exit status 1."""
+
+
+@dataclass
+class Streamed:
+    """What came back for the last pair streamed: the messages, the node's diagnostics and the latencies."""
+
+    disparity: Any
+    depth: Any
+    cloud: Any
+    diagnostics: dict[str, str]
+    latencies_ms: np.ndarray
+    node_exit_code: int
+
+
+def choose_backend(requested: str, weights_dir: Path) -> tuple[str, dict[str, object], str]:
+    """(backend, node parameters, a sentence saying why)."""
+    onnx_files = sorted(weights_dir.glob("*.onnx"))
+    checkpoint = weights_dir / "sceneflow.pth"
+    if requested == "auto":
+        if onnx_files:
+            requested = "onnxruntime"
+        elif checkpoint.is_file():
+            requested = "torch"
+        else:
+            return ("opencv_sgbm", {"backend": "opencv_sgbm"},
+                    f"no student weights in {weights_dir} (sceneflow.pth or an .onnx export), so the weight-free "
+                    "opencv_sgbm baseline runs; see weights/README.md for how to get the RT-IGEV weights")
+    if requested == "onnxruntime":
+        if not onnx_files:
+            raise SystemExit(f"demo: backend onnxruntime needs an .onnx file in {weights_dir}")
+        return ("onnxruntime", {"backend": "onnxruntime", "model_path": str(onnx_files[0])},
+                f"RT-IGEV student from {onnx_files[0]} (onnxruntime)")
+    if requested == "torch":
+        if not checkpoint.is_file():
+            raise SystemExit(f"demo: backend torch needs {checkpoint} (see weights/README.md)")
+        return ("torch", {"backend": "torch", "model": "rt_igev", "model_path": str(checkpoint)},
+                f"RT-IGEV student from {checkpoint} (torch)")
+    return "opencv_sgbm", {"backend": "opencv_sgbm"}, "opencv_sgbm baseline (requested)"
+
+
+def stream(args: argparse.Namespace, rig: StereoRig, params: dict[str, object], workdir: Path) -> Streamed:
+    """Start the node, stream `args.frames` pairs at `args.rate` Hz, collect the outputs of the last one."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    env = isolated_ros_env(workdir, fastdds_profile=package_fastdds_profile())
+    log_path = workdir / "node.log"
+    sent: dict[tuple[int, int], float] = {}
+    with NodeProcess(node_command(params), env, log_path) as node, StereoClient(env) as client:
+        if not client.wait_for_node(timeout=60.0):
+            node.stop()
+            raise DemoError(f"the node did not come up; its log ({log_path}):\n{node.log()[-3000:]}")
+        print(f"[demo] node up (domain {env['ROS_DOMAIN_ID']}, log {log_path})")
+        next_time = time.monotonic()
+        for index in range(args.frames):
+            stamp = stamp_from_seconds(time.time())
+            client.publish(image_message(rig.left, "rgb8", stamp, FRAME_ID),
+                           image_message(rig.right, "rgb8", stamp, FRAME_ID), *rig.camera_infos(stamp),
+                           info_lead=0.2 if index == 0 else 0.0)
+            sent[(stamp.sec, stamp.nanosec)] = stamp_to_seconds(stamp)
+            next_time += 1.0 / args.rate
+            time.sleep(max(0.0, next_time - time.monotonic()))
+        # The newest pair always gets processed (older ones may be dropped while inference is busy).
+        disparity = client.wait_for_stamp("disparity", stamp, timeout=args.timeout)
+        depth = client.wait_for_stamp("depth", stamp, timeout=10.0)
+        cloud = client.wait_for_stamp("points2", stamp, timeout=10.0)
+        diag = client.wait_for("diagnostics", lambda m: (diagnostic_values(m) or {}).get("processed_pairs", "0") != "0",
+                               timeout=10.0, start=max(client.count("diagnostics") - 1, 0))
+        latencies = [item.stamp - sent[key] for item in list(client.received["disparity"])
+                     if (key := (item.msg.header.stamp.sec, item.msg.header.stamp.nanosec)) in sent]
+        code = node.stop()
+    if disparity is None or depth is None:
+        raise DemoError(f"no output for the last pair; node log ({log_path}):\n{log_path.read_text()[-3000:]}")
+    return Streamed(disparity, depth, cloud, (diagnostic_values(diag) or {}) if diag is not None else {},
+                    np.array(latencies) * 1e3, code)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve()
+    backend, params, why = choose_backend(args.backend, Path(args.weights).resolve())
+    print(f"[demo] backend: {backend}: {why}")
+    rig = motorcycle_rig(args.width)
+    print(f"[demo] Middlebury Motorcycle at {rig.width}x{rig.height}, f = {rig.fx:.2f} px, baseline "
+          f"{rig.baseline * 1000:.1f} mm, doffs {rig.doffs:.2f} px; streaming {args.frames} pairs at {args.rate} Hz")
+    params.update({"max_disparity": args.max_disparity, "publish_confidence": False})
+    try:
+        # ROS logs and launch temporaries of this run, next to its outputs (out/ is ignored by git).
+        got = stream(args, rig, params, out / "ros")
+    except DemoError as error:
+        print(f"[demo] {error}", file=sys.stderr)
+        return 1
+
+    disp_msg = got.disparity
+    disp_img = np.frombuffer(disp_msg.image.data, np.float32).reshape(disp_msg.image.height, disp_msg.image.width)
+    # The DisparityImage carries d + doffs (so that Z = f * t / d holds); the ground truth is d.
+    estimate = np.where(disp_img > disp_msg.min_disparity - 0.5, disp_img - np.float32(rig.doffs), np.nan)
+    errors = compute_metrics(estimate, rig.gt_disparity, reference="ground_truth")
+    depth_map = np.frombuffer(got.depth.data, np.float32).reshape(got.depth.height, got.depth.width)
+    gt_depth = rig.gt_depth()
+    both = np.isfinite(depth_map) & np.isfinite(gt_depth)
+    abs_rel = float(np.mean(np.abs(depth_map[both] - gt_depth[both]) / gt_depth[both])) if both.any() else float("nan")
+
+    gt_finite = rig.gt_disparity[np.isfinite(rig.gt_disparity)]
+    d_lo, d_hi = float(gt_finite.min()), float(gt_finite.max())
+    z = gt_depth[np.isfinite(gt_depth)]
+    write_png(out / "disparity.png", colourise(estimate, d_lo, d_hi))
+    write_png(out / "disparity_gt.png", colourise(rig.gt_disparity, d_lo, d_hi))
+    write_png(out / "depth.png", colourise(depth_map, float(np.percentile(z, 1)), float(np.percentile(z, 99)),
+                                           reverse=True))
+    write_png(out / "left.png", cv2.cvtColor(rig.left, cv2.COLOR_RGB2BGR))
+    points = write_ply(out / "points.ply", got.cloud) if got.cloud is not None else 0
+    lat = got.latencies_ms
+    metrics = {
+        "backend": backend, "width": rig.width, "height": rig.height, "frames_sent": args.frames,
+        "frames_processed": int(lat.size), "latency_ms_median": float(np.median(lat)) if lat.size else None,
+        "latency_ms_min": float(lat.min()) if lat.size else None,
+        "node_inference_ms": got.diagnostics.get("inference_ms_median"),
+        "dropped_pairs": got.diagnostics.get("dropped_pairs"), "disparity_metrics": errors,
+        "depth_abs_rel": abs_rel, "points": points, "node_exit_code": got.node_exit_code,
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+
+    print(f"[demo] processed {lat.size} of {args.frames} pairs (the node drops older pairs while busy; "
+          f"dropped: {metrics['dropped_pairs']})")
+    if lat.size:
+        print(f"[demo] latency stamp -> disparity received: median {np.median(lat):.1f} ms, min {lat.min():.1f} ms "
+              f"(node inference {got.diagnostics.get('inference_ms_median', '?')} ms)")
+    print(f"[demo] vs ground truth: {describe_metrics(errors)}; depth abs-rel {abs_rel * 100:.1f} %")
+    print(f"[demo] wrote {out}/disparity.png, depth.png, points.ply ({points} points), metrics.json")
+    if backend == "opencv_sgbm":
+        print("[demo] this was the opencv_sgbm baseline; put the student's weights in weights/ (weights/README.md) "
+              "to run RT-IGEV")
+    print(f"[demo] node stopped with exit status {got.node_exit_code}")
+    return 0 if got.node_exit_code == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stereo_devkit.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "opencv_sgbm"])
+    parser.add_argument("--weights", default="weights", help="folder with sceneflow.pth or *.onnx")
+    parser.add_argument("--width", type=int, default=640, help="streamed width (the pair is 741x500 natively)")
+    parser.add_argument("--frames", type=int, default=20, help="pairs to stream")
+    parser.add_argument("--rate", type=float, default=10.0, help="stream rate in Hz")
+    parser.add_argument("--max-disparity", type=int, default=128, help="search range at the streamed width")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the last output")
+    parser.add_argument("--out", default="out/demo", help="where the PNGs, PLY, metrics and the node's log go")
+    args = parser.parse_args(argv)
+    if not 64 <= args.width <= 4096:
+        parser.error("--width must be in 64..4096")
+    if args.frames < 1 or args.rate <= 0:
+        parser.error("--frames must be >= 1 and --rate > 0")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
