@@ -49,3 +49,17 @@ def test_shipped_config_has_every_key_the_loop_reads():
 
     read = set(re.findall(r'params\["([a-z_.]+)"\]', source)) | set(re.findall(r'params\.get\("([a-z_.]+)"', source))
     assert read and read <= set(params), sorted(read - set(params))
+
+
+def test_eval_takes_sgbm_as_model_and_as_compared_teacher(tmp_path):
+    """The loop measures its SGBM teacher with `eval --compare sgbm BEFORE`; SGBM is real geometry (low EPE)."""
+    import json
+
+    from stereo_distill import cli
+    from stereo_distill.toy import motorcycle_crops, write_data
+
+    data = write_data(tmp_path / "data", motorcycle_crops((64, 96), (0.3,), 2, seed=0))
+    assert cli.main(["eval", "--model", "sgbm", "--max-disp", "32", "--data", str(data),
+                     "--out", str(tmp_path / "sgbm.json")]) == 0
+    result = json.loads((tmp_path / "sgbm.json").read_text())
+    assert result["reference"] == "ground_truth" and result["model"] == "opencv_sgbm" and result["epe"] < 2.0
