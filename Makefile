@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ROS_WHEELS ?= ../shared/ros/wheels
 # The stamp names the inputs of the install, so editing them re-runs it while a second run reuses the venv.
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py setup.cfg 2>/dev/null | sha1sum | cut -c1-12)$(if $(wildcard $(ROS_WHEELS)),-rosw)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-ros.txt setup.py setup.cfg tools/ament_venv.py 2>/dev/null | sha1sum | cut -c1-12)$(if $(wildcard $(ROS_WHEELS)),-rosw)
 
 .PHONY: venv test demo bench loop clean
 venv: $(STAMP)
@@ -13,12 +13,14 @@ venv: $(STAMP)
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-ros.txt
 	@if [ -d "$(ROS_WHEELS)" ]; then \
 	  echo "installing the ROS 2 tooling wheels from $(ROS_WHEELS)"; \
 	  $(PY) -m pip install -q --no-deps $(ROS_WHEELS)/*.whl; \
 	else echo "note: $(ROS_WHEELS) absent; launch/ros2cli/message_filters tests will be skipped"; fi
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@# The venv becomes an ament prefix: `source .venv/bin/activate`, then `ros2 launch/run stereo_depth_ros ...`.
+	$(PY) tools/ament_venv.py $(VENV)
 	@rm -f $(VENV)/.installed-*; touch $@
 
 test: venv

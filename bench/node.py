@@ -1,10 +1,12 @@
 """Per-frame overhead of stereo_depth_node excluding inference, stage by stage, with real rclpy message classes.
 
-Runs what the node does for one pair around the estimator: synchronise the four inputs, convert both images to
-RGB, read the camera geometry, then build the DisparityImage, depth, confidence and PointCloud2 messages from a
-fixed disparity map (standing in for the network's output). Publishing itself (DDS) is left out; the
-`serialize` row shows what rclpy's CDR serialisation of the four outputs costs, as an indication of the copy a
-publish makes. Prints a table of medians in milliseconds per resolution.
+Runs what the node runs for one pair around the estimator: synchronise the four inputs, then the node's
+`StereoPipeline` (convert both images, camera geometry from the camera_info pair, estimate, rescale, masks and
+outputs) with a stand-in estimator that returns a fixed, network-like disparity and confidence (so the estimate
+row is ~0 and left out of the total), then wrap the outputs in the DisparityImage, depth, confidence and
+PointCloud2 messages. Publishing itself (DDS) is left out; the `serialize` row shows what rclpy's CDR
+serialisation of the four outputs costs, as an indication of the copy a publish makes. Prints a table of medians
+in milliseconds per resolution.
 
     .venv/bin/python bench/node.py [--frames 50] [--sizes 640x480 1280x720] [--encoding bgr8]
     .venv/bin/python bench/node.py --inference opencv_sgbm torch [--model-path weights/sceneflow.pth]
@@ -23,16 +25,17 @@ from collections import defaultdict
 import cv2
 import numpy as np
 from rclpy.serialization import serialize_message
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
-from stereo_msgs.msg import DisparityImage
+from sensor_msgs.msg import CameraInfo, Image
 
-from stereo_depth_ros.camera_geometry import (
-    StereoCamera, cloud_array, disparity_image_fields, disparity_to_depth, fill_disparity_image, fill_pointcloud2)
 from stereo_depth_ros.config import NodeConfig
-from stereo_depth_ros.image_conversion import array_to_image, image_to_rgb
+from stereo_depth_ros.image_conversion import array_to_image
+from stereo_depth_ros.inference.base import StereoEstimate, StereoEstimator
+from stereo_depth_ros.messages import OutputMessages
+from stereo_depth_ros.pipeline import StereoPipeline
+from stereo_depth_ros.postprocess import OutputRequest
 from stereo_depth_ros.sync import StereoSynchronizer
 
-STAGES = ("sync", "convert", "geometry", "disparity_msg", "depth_msg", "confidence_msg", "points_msg")
+STAGES = ("sync", "convert", "geometry+checks", "rescale", "postprocess", "messages")
 
 
 def camera_infos(width: int, height: int) -> tuple[CameraInfo, CameraInfo]:
@@ -75,15 +78,33 @@ def network_like_output(width: int, height: int) -> tuple[np.ndarray, np.ndarray
     return disparity, confidence
 
 
+class FixedEstimator(StereoEstimator):
+    """Stands in for the network: returns the same disparity and confidence for every pair (not timed)."""
+
+    name = "fixed"
+
+    def __init__(self, disparity: np.ndarray, confidence: np.ndarray) -> None:
+        self.disparity, self.confidence = disparity, confidence
+
+    def estimate(self, left: np.ndarray, right: np.ndarray) -> StereoEstimate:
+        return StereoEstimate(self.disparity.copy(), self.confidence.copy())  # fresh arrays, as a backend returns
+
+
 def run(width: int, height: int, frames: int, encoding: str, sync_impl: str,
-        clock=time.perf_counter, threshold: float = 0.0) -> dict[str, list[float]]:
+        clock=time.perf_counter, threshold: float = 0.0, points: bool = True) -> dict[str, list[float]]:
     times: dict[str, list[float]] = defaultdict(list)
+    # A real backend frees blocks larger than any output (SGBM's cost volume, torch tensors), which raises glibc's
+    # mmap threshold: rclpy's large message copies (serialize, publish) then reuse heap memory instead of paying
+    # page faults on every frame (10x on `serialize` here). The stand-in estimator frees nothing that large.
+    np.ones(width * height * 32, np.uint8).sum()
     left_template, right_template = camera_image(width, height, encoding, 1), camera_image(width, height, encoding, 2)
     left_info, right_info = camera_infos(width, height)
-    disparity, confidence = network_like_output(width, height)
+    pipeline = StereoPipeline(FixedEstimator(*network_like_output(width, height)), max_disparity=192,
+                              confidence_threshold=threshold, clock=clock)
+    request = OutputRequest(disparity=True, depth=True, points=points, confidence=True)
+    builder = OutputMessages()
     got = []
-    sync = StereoSynchronizer(got.append, implementation=sync_impl)
-    camera_cache: tuple | None = None
+    sync = StereoSynchronizer(got.append, implementation=sync_impl, info_wait_seconds=0.0)
     for k in range(frames + 5):  # the first 5 warm caches and allocators
         # Fresh messages per frame, as subscriptions deliver them (not timed: rclpy builds them in C).
         msgs = []
@@ -100,44 +121,34 @@ def run(width: int, height: int, frames: int, encoding: str, sync_impl: str,
         sync.add_right_image(msgs[2])
         frame = got.pop()
         t1 = clock()
-        left, right = image_to_rgb(frame.left_image), image_to_rgb(frame.right_image)
+        result = pipeline.process(frame.left_image, frame.right_image, request,
+                                  infos=(frame.left_info, frame.right_info))
         t2 = clock()
-        # The node re-reads geometry only when the camera_info content changes.
-        key = (tuple(frame.left_info.p), tuple(frame.right_info.p))
-        if camera_cache is None or camera_cache[0] != key:
-            camera_cache = (key, StereoCamera.from_camera_info(frame.left_info, frame.right_info))
-        camera = camera_cache[1]
-        t3 = clock()
         header = frame.left_image.header
-        unconfident = confidence < threshold if threshold > 0 else None
-        fields = disparity_image_fields(disparity, camera, 192, invalid=unconfident)
-        # check_fields=True lets rclpy keep our array.array data without another copy.
-        disp_msg = DisparityImage(check_fields=True)
-        disp_msg.image = Image(check_fields=True)
-        disp_msg.header = header
-        disp_msg.image.header = header
-        fill_disparity_image(disp_msg, fields)
-        t4 = clock()
-        depth = disparity_to_depth(disparity, camera, confidence, threshold)
-        depth_msg = array_to_image(depth, "32FC1", Image(check_fields=True))
-        depth_msg.header = header
-        t5 = clock()
-        conf_msg = array_to_image(confidence, "32FC1", Image(check_fields=True))
-        conf_msg.header = header
-        t6 = clock()
-        cloud = fill_pointcloud2(PointCloud2(check_fields=True), cloud_array(depth, camera, left), PointField)
-        cloud.header = header
-        t7 = clock()
-        for msg in (disp_msg, depth_msg, conf_msg, cloud):
+        out = result.outputs
+        assert out is not None and out.disparity is not None and out.depth is not None
+        assert out.confidence is not None and (out.points is not None) == points
+        messages = [builder.disparity(out, header), builder.image("depth", out.depth, header),
+                    builder.image("confidence", out.confidence, header)]
+        if out.points is not None:
+            messages.append(builder.cloud(out.points, header))
+        t3 = clock()
+        for msg in messages:
             serialize_message(msg)
-        t8 = clock()
-        assert right.shape == left.shape
+        t4 = clock()
         if k >= 5:
-            for name, (a, b) in zip(STAGES + ("serialize",),
-                                    zip((t0, t1, t2, t3, t4, t5, t6, t7), (t1, t2, t3, t4, t5, t6, t7, t8))):
-                times[name].append((b - a) * 1e3)
-            times["total"].append((t7 - t0) * 1e3)
-            times["total_without_points"].append((t6 - t0) * 1e3)
+            stage = result.timings
+            times["sync"].append((t1 - t0) * 1e3)
+            times["convert"].append(stage["convert"] * 1e3)
+            # What process() spent besides its timed stages (pair checks, cached geometry, the estimator call's
+            # own stand-in being excluded).
+            times["geometry+checks"].append(
+                (t2 - t1 - sum(stage.values())) * 1e3)
+            times["rescale"].append(stage["rescale"] * 1e3)
+            times["postprocess"].append(stage["postprocess"] * 1e3)
+            times["messages"].append((t3 - t2) * 1e3)
+            times["serialize"].append((t4 - t3) * 1e3)
+            times["total"].append((t3 - t0 - stage["estimate"]) * 1e3)
     return times
 
 
@@ -162,19 +173,22 @@ def main() -> int:
     clock = time.perf_counter if args.clock == "wall" else time.thread_time
     results = {size: run(*size, args.frames, args.encoding, args.sync, clock, args.confidence_threshold)
                for size in sizes}
+    no_points = {size: run(*size, args.frames, args.encoding, args.sync, clock, args.confidence_threshold,
+                           points=False) for size in sizes}
     impl = StereoSynchronizer(print, implementation=args.sync).implementation
     print(f"stereo_depth_node per-frame overhead excluding inference: median ms over {args.frames} frames, "
           f"{args.encoding} input, sync={impl}, {args.clock} clock, "
           f"confidence_threshold {args.confidence_threshold}, {platform.processor() or platform.machine()}, "
           f"numpy {np.__version__}")
-    header = f"{'stage':<22}" + "".join(f"{f'{w}x{h}':>12}" for w, h in sizes)
+    header = f"{'stage':<26}" + "".join(f"{f'{w}x{h}':>12}" for w, h in sizes)
     print(header)
     print("-" * len(header))
-    rows = STAGES + ("total", "total_without_points", "serialize")
-    for name in rows:
+    for name in STAGES + ("total", "total_without_points", "serialize"):
         label = {"total": "TOTAL (all outputs)", "total_without_points": "total without points",
                  "serialize": "(serialize, not in total)"}.get(name, name)
-        print(f"{label:<22}" + "".join(f"{statistics.median(results[s][name]):>12.2f}" for s in sizes))
+        source = no_points if name == "total_without_points" else results
+        key = "total" if name == "total_without_points" else name
+        print(f"{label:<26}" + "".join(f"{statistics.median(source[s][key]):>12.2f}" for s in sizes))
     for backend in args.inference:
         row = [time_inference(backend, w, h, args) for w, h in sizes]
         print(f"{'inference ' + backend:<22}" + "".join(f"{v:>12.1f}" for v in row))

@@ -6,21 +6,57 @@
         backend:=onnxruntime model_path:=/path/to/student.onnx rviz:=true
 
 Parameters come from config/stereo.yaml (or `params_file:=`); `backend` and `model_path`, when given, override
-the file. By default the Fast DDS profile config/fastdds_shm.xml is put in the environment of the launched
+the file. Relative `params_file` and `model_path` values are looked for in the working directory, the package's
+share folder and the checkout (stereo_depth_ros/file_search.py gives the order); a params file found nowhere stops
+the launch with the list of places looked. When the node exits with an error (e.g. it cannot start: bad
+parameters, no model file), the launch ends too, with the node's message and a non-zero exit status. By default the Fast DDS profile config/fastdds_shm.xml is put in the environment of the launched
 processes: its large shared-memory segment keeps megabyte images fast between processes on one host
 (`use_fastdds_profile:=false` turns it off, e.g. when your own profile is already set).
 """
 import os
+import re
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, SetEnvironmentVariable
 from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessExit, OnProcessIO
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from stereo_depth_ros.file_search import FileSearchError, find_file
+
 PACKAGE = "stereo_depth_ros"
 NODE_NAME = "stereo_depth_node"
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class LaunchStopped(RuntimeError):
+    """Ends the launch: launch logs "Caught exception in launch ...: <message>" (no traceback) and exits 1.
+
+    launch 3.7.1 turns an exception raised by an action or event handler into exit status 1; a Shutdown event
+    would end the launch with status 0, which is what made a node that could not start look like success.
+    """
+
+
+def _node_failure_handlers(node: Node) -> list:
+    """Handlers that end the launch with the node's own FATAL message when it exits with an error."""
+    fatal: list[str] = []
+
+    def remember_fatal(event) -> None:
+        for line in _COLOUR.sub("", event.text.decode(errors="replace")).splitlines():
+            if "[FATAL]" in line:
+                fatal.append(line.split("]: ", 1)[-1].strip())
+
+    def on_exit(event, context) -> None:
+        # A non-zero status during shutdown (Ctrl-C escalating to SIGTERM) is the launch's own doing.
+        if event.returncode == 0 or context.is_shutdown:
+            return
+        reason = fatal[-1] if fatal else "see its output above"
+        raise LaunchStopped(f"{NODE_NAME} exited with status {event.returncode}: {reason}")
+
+    return [RegisterEventHandler(OnProcessIO(target_action=node, on_stdout=remember_fatal, on_stderr=remember_fatal)),
+            RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_exit))]
 
 
 def _node(context, *args, **kwargs):
@@ -28,24 +64,27 @@ def _node(context, *args, **kwargs):
     # "keep the params file's value", which a plain parameter substitution cannot express.
     value = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
     overrides = {name: value(name) for name in ("backend", "model_path") if value(name) != ""}
+    try:
+        params_file = str(find_file(value("params_file"), "params"))
+    except FileSearchError as exc:
+        raise LaunchStopped(f"params_file: {exc}") from None
     remappings = [
         ("left/image_rect", value("left_image")),
         ("right/image_rect", value("right_image")),
         ("left/camera_info", value("left_camera_info")),
         ("right/camera_info", value("right_camera_info")),
     ]
-    return [
-        Node(
-            package=PACKAGE,
-            executable=NODE_NAME,
-            name=NODE_NAME,
-            namespace=value("namespace"),
-            parameters=[value("params_file"), overrides] if overrides else [value("params_file")],
-            remappings=remappings,
-            output="screen",
-            emulate_tty=True,
-        )
-    ]
+    node = Node(
+        package=PACKAGE,
+        executable=NODE_NAME,
+        name=NODE_NAME,
+        namespace=value("namespace"),
+        parameters=[params_file, overrides] if overrides else [params_file],
+        remappings=remappings,
+        output="screen",
+        emulate_tty=True,
+    )
+    return [*_node_failure_handlers(node), node]
 
 
 def _profile_variable() -> str:

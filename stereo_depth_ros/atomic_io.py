@@ -2,15 +2,20 @@
 
 Each helper writes to a temporary file in the destination's directory (same filesystem, so the final
 `os.replace` is atomic), flushes and fsyncs it, then renames it over the destination.
+
+Files come out with the permissions of any new file (0666 less the umask: 0644 under the usual 022), so that a
+model deployed by another user or in a container can be read. `tempfile.mkstemp` would make them 0600, so the
+temporary file is created here with a random name and the exclusive-create flag, as mkstemp does.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import tempfile
+import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 
 @contextlib.contextmanager
@@ -22,9 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{path.suffix}.partial{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temporary(path)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
@@ -34,6 +37,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _create_temporary(path: Path) -> Path:
+    """A new empty file beside `path`, mode 0666 less the umask (the kernel applies it, as for any new file)."""
+    for _ in range(100):
+        candidate = path.with_name(f".{path.stem}.{secrets.token_hex(6)}{path.suffix}.partial{path.suffix}")
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:

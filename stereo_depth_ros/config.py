@@ -8,6 +8,8 @@ Offers:
   `<node_name>: {ros__parameters: {...}}`, merged over a `/**:` (any node) section when present; namespaced keys
   (`/ns/node_name`, `/**/node_name`) match too. The offline CLI reads config/distill.yaml with it as well.
 - `estimator_options(config)`: the keyword options of `create_estimator` for the configured backend.
+- `RUNTIME_PARAMETERS`: the parameters `ros2 param set` may change while the node runs (validated by the same
+  `validate()`); every other parameter is read-only.
 
 The sync/QoS names and defaults are stereo_image_proc's (queue_size 5, approximate_sync false,
 approximate_sync_tolerance_seconds 0.0, use_system_default_qos false).
@@ -22,10 +24,14 @@ from typing import Any
 
 import yaml
 
+from stereo_depth_ros.file_search import FileSearchError, find_file
+
 BACKENDS = ("torch", "onnxruntime", "opencv_sgbm")
 MODELS = ("rt_igev", "selective_igev")
 PRECISIONS = ("fp32", "fp16", "bf16")
 ONNX_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# What users tune while watching RViz; the node applies a change from the next pair on.
+RUNTIME_PARAMETERS = frozenset({"confidence_threshold", "iters", "publish_points", "publish_confidence"})
 
 
 # Parameters every rclpy node owns (declared by rclpy itself): allowed in params files, not ours to check.
@@ -55,10 +61,13 @@ class NodeConfig:
     model: str = _param("rt_igev", "Network for the torch backend: rt_igev (real-time student) | selective_igev")
     model_path: str = _param(
         "weights/sceneflow.pth",
-        "Checkpoint (.pth, torch) or ONNX file (onnxruntime); relative paths are from the working directory")
+        "Checkpoint (.pth, torch) or ONNX file (onnxruntime); a relative path is looked for in the working "
+        "directory, the package's share folder and the checkout (and their weights/)")
     device: str = _param("auto", "torch device: auto (cuda when available, else cpu) | cpu | cuda | cuda:N")
     precision: str = _param("fp32", "Inference precision: fp32 | fp16 | bf16 (CPU always runs fp32)")
-    iters: int = _param(0, "Refinement iterations of the network; 0 = the model's default")
+    iters: int = _param(0, "Refinement iterations of the network; 0 = the model's default (settable at run time)")
+    latency_budget_ms: float = _param(
+        0.0, "torch backend only: per-frame time budget; the iterations that fit (at most iters) run; 0 = off")
     max_disparity: int = _param(192, "Largest disparity searched, in working-resolution pixels")
     input_width: int = _param(0, "Working width the estimator runs at; 0 = camera resolution")
     input_height: int = _param(0, "Working height the estimator runs at; 0 = camera resolution")
@@ -68,10 +77,12 @@ class NodeConfig:
     queue_size: int = _param(5, "Images kept per input while waiting for the other side")
     use_system_default_qos: bool = _param(
         False, "Subscribe with the system default (reliable) QoS instead of sensor-data (best-effort) QoS")
-    publish_points: bool = _param(True, "Publish the coloured point cloud on points2")
-    publish_confidence: bool = _param(True, "Publish the per-pixel confidence (0..1) on confidence")
+    publish_points: bool = _param(True, "Publish the coloured point cloud on points2 (settable at run time)")
+    publish_confidence: bool = _param(
+        True, "Publish the per-pixel confidence (0..1) on confidence (settable at run time)")
     confidence_threshold: float = _param(
-        0.0, "Depth and points are NaN where confidence is below this (0 = keep every valid disparity)")
+        0.0, "Depth and points are NaN where confidence is below this (0 = keep every valid disparity; settable at "
+             "run time)")
     onnx_providers: list = _param(
         list(ONNX_PROVIDERS),
         "onnxruntime execution providers in order of preference; unavailable ones are skipped")
@@ -109,7 +120,8 @@ class NodeConfig:
     def validate(self, check_files: bool = True) -> "NodeConfig":
         """Raise ConfigError naming the first invalid parameter; returns self so calls can chain.
 
-        check_files: also require model_path to exist for the torch and onnxruntime backends.
+        check_files: also require model_path to exist for the torch and onnxruntime backends; a relative one is
+        replaced by the file found (stereo_depth_ros.file_search).
         """
         def choice(name: str, allowed: tuple[str, ...]) -> None:
             value = getattr(self, name)
@@ -124,6 +136,12 @@ class NodeConfig:
             raise ConfigError(f"parameter device: {device!r} is not auto, cpu, cuda or cuda:N")
         if self.iters < 0:
             raise ConfigError(f"parameter iters: must be >= 0 (0 = model default), got {self.iters}")
+        if not (math.isfinite(self.latency_budget_ms) and self.latency_budget_ms >= 0.0):
+            raise ConfigError(f"parameter latency_budget_ms: must be a finite number >= 0 (0 = off), got "
+                              f"{self.latency_budget_ms}")
+        if self.latency_budget_ms and self.backend != "torch":
+            raise ConfigError(f"parameter latency_budget_ms: only the torch backend can fit its iterations to a "
+                              f"budget; set it to 0 for backend {self.backend} (got {self.latency_budget_ms})")
         if self.max_disparity <= 0:
             raise ConfigError(f"parameter max_disparity: must be positive, got {self.max_disparity}")
         # The IGEV cost volume has max_disparity/4 planes that the 3D hourglass halves three times.
@@ -157,11 +175,12 @@ class NodeConfig:
             if self.backend == "onnxruntime" and not self.model_path.endswith(".onnx"):
                 raise ConfigError(f"parameter model_path: backend onnxruntime needs a .onnx file, got "
                                   f"{self.model_path!r}")
-            if check_files and not Path(self.model_path).is_file():
-                raise ConfigError(
-                    f"parameter model_path: file {self.model_path!r} not found (resolved to "
-                    f"{Path(self.model_path).resolve()}); see weights/README.md for the weights, or run the "
-                    "weight-free baseline with backend:=opencv_sgbm")
+            if check_files:
+                try:  # relative paths: working directory, installed share folder, checkout (file_search.py)
+                    self.model_path = str(find_file(self.model_path, "model"))
+                except FileSearchError as exc:
+                    raise ConfigError(f"parameter model_path: file {exc}; see weights/README.md for the weights, "
+                                      "or run the weight-free baseline with backend:=opencv_sgbm") from None
         return self
 
 
@@ -188,9 +207,14 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
 def estimator_options(config: NodeConfig) -> dict[str, Any]:
     """Keyword options of `create_estimator(config.backend, **options)`."""
     if config.backend == "torch":
-        return {"model": config.model, "model_path": config.model_path, "device": config.device,
-                "precision": config.precision, "iters": config.iters or None,
-                "max_disparity": config.max_disparity}
+        options: dict[str, Any] = {"model": config.model, "model_path": config.model_path, "device": config.device,
+                                   "precision": config.precision, "iters": config.iters or None,
+                                   "max_disparity": config.max_disparity}
+        # Passed only when set, so that a torch backend without the budget keyword (before the GPU work lands)
+        # still loads with the default configuration.
+        if config.latency_budget_ms:
+            options["latency_budget_ms"] = config.latency_budget_ms
+        return options
     if config.backend == "onnxruntime":
         return {"model_path": config.model_path, "providers": list(config.onnx_providers)}
     return {"max_disparity": config.max_disparity, "block_size": config.sgbm_block_size}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,6 +64,9 @@ class FrameStats:
     processed_pairs: int = 0
     dropped_pairs: int = 0
     rejected_pairs: int = 0
+    idle_pairs: int = 0  # pairs nobody wanted an output of (no subscriber): no inference ran
+    budget_misses: int = 0  # frames whose latency budget did not fit even one iteration
+    last_iterations: int | None = None  # refinement iterations of the last frame (None: the backend has none)
     last_valid_share: float = float("nan")
     last_problem: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -85,10 +88,17 @@ class FrameStats:
             self.rejected_pairs += 1
             self.last_problem = problem
 
-    def pair_published(self, latency_s: float, inference_s: float, valid_share: float) -> None:
+    def pair_idle(self) -> None:
+        with self._lock:
+            self.idle_pairs += 1
+
+    def pair_published(self, latency_s: float, inference_s: float, valid_share: float,
+                       iterations: int | None = None, budget_missed: bool = False) -> None:
         with self._lock:
             self.processed_pairs += 1
             self.last_valid_share = valid_share
+            self.last_iterations = iterations
+            self.budget_misses += int(budget_missed)
             now = time.monotonic()
             self._outputs.add(now=now)
             self._latency.add(latency_s, now)
@@ -110,6 +120,9 @@ class FrameStats:
                 "processed_pairs": self.processed_pairs,
                 "dropped_pairs": self.dropped_pairs,
                 "rejected_pairs": self.rejected_pairs,
+                "idle_pairs": self.idle_pairs,
+                "iterations": "none" if self.last_iterations is None else self.last_iterations,
+                "budget_misses": self.budget_misses,
                 "valid_depth_share": self.last_valid_share,
                 "last_problem": self.last_problem,
             }
@@ -131,12 +144,28 @@ def summary_line(snap: dict[str, float | int | str]) -> str:
     )
 
 
-class Throttle:
-    """Per-key rate limit for warnings, so that one recurring problem cannot hide a different one."""
+def status_message(snap: dict[str, float | int | str]) -> tuple[bool, str]:
+    """(is a warning, message) of the /diagnostics status for a snapshot."""
+    if snap["received_pairs"] == 0:
+        return False, "waiting for stereo pairs"
+    if snap["processed_pairs"] == 0 and snap["idle_pairs"]:
+        return False, "pairs arrive, no subscriber: no inference (lazy)"
+    if float(snap["input_rate_hz"]) > 0 and float(snap["output_rate_hz"]) == 0:
+        return True, "pairs arrive but none is published"
+    return False, summary_line(snap)
 
-    def __init__(self, period: float = 5.0) -> None:
+
+class Throttle:
+    """Per-key rate limit for warnings, so that one recurring problem cannot hide a different one.
+
+    Bounded: at most `max_keys` keys are remembered (the least recently warned go first, and keys whose period
+    is over are forgotten anyway), so that hostile input with ever-new message texts cannot grow the node.
+    """
+
+    def __init__(self, period: float = 5.0, max_keys: int = 256) -> None:
         self.period = period
-        self._last: dict[str, float] = {}
+        self.max_keys = max_keys
+        self._last: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
 
     def ready(self, key: str, now: float | None = None) -> bool:
@@ -146,4 +175,16 @@ class Throttle:
             if last is not None and now - last < self.period:
                 return False
             self._last[key] = now
+            self._last.move_to_end(key)
+            # Oldest first: drop what no longer throttles anything, then whatever exceeds the bound.
+            while self._last:
+                oldest_key, oldest = next(iter(self._last.items()))
+                if now - oldest >= self.period or len(self._last) > self.max_keys:
+                    del self._last[oldest_key]
+                else:
+                    break
+            self._last[key] = now  # the key just warned stays, even with max_keys 0
             return True
+
+    def __len__(self) -> int:
+        return len(self._last)

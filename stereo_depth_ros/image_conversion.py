@@ -95,12 +95,14 @@ def image_to_array(msg: Any) -> np.ndarray:
     return array
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
+def image_to_rgb(msg: Any, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 [H, W, 3] contiguous RGB for the estimators (for unpadded rgb8, a read-only view of msg.data).
 
     mono is replicated into three channels; 16-bit mono keeps its 8 most significant bits (a fixed scale, so that
     left and right, and successive frames, stay photometrically consistent). Raises ImageConversionError as
     `image_to_array` does, and for float images, which are not camera images.
+    out: an optional uint8 [H, W, 3] array that a colour conversion writes into (reused frame after frame, it
+    saves a large allocation per image); ignored when its shape differs or no conversion is needed.
     """
     if msg.encoding not in CAMERA_ENCODINGS:
         raise ImageConversionError(
@@ -111,7 +113,9 @@ def image_to_rgb(msg: Any) -> np.ndarray:
         array = (array >> 8).astype(np.uint8)
     if layout.to_rgb is None:
         return np.ascontiguousarray(array)  # zero-copy when the rows are not padded
-    return cv2.cvtColor(array, layout.to_rgb)  # OpenCV reads padded rows in place
+    if out is not None and (out.shape != (array.shape[0], array.shape[1], 3) or out.dtype != np.uint8):
+        out = None
+    return cv2.cvtColor(array, layout.to_rgb, dst=out)  # OpenCV reads padded rows in place
 
 
 def byte_array(array: np.ndarray) -> pyarray.array:

@@ -1,71 +1,59 @@
 """stereo_depth_node: rectified stereo pairs in; disparity, metric depth, a coloured point cloud and confidence out.
 
-A thin rclpy shell over the ROS-free modules: `sync` pairs the images (stereo_image_proc's policies),
-`image_conversion` reads them, an estimator from `inference` computes the disparity, `camera_geometry` turns it
-into depth and points, and `diagnostics` keeps the figures behind /diagnostics.
+A thin rclpy shell: it wires parameters, subscriptions and publishers. `sync` pairs the images (stereo_image_proc's
+policies), `pipeline.StereoPipeline` owns the per-frame sequence, `messages` wraps its buffers in messages and
+`diagnostics` keeps the figures behind /diagnostics. Lazy like stereo_image_proc: an output is computed only while
+something subscribes to it; with no subscriber at all no inference runs and pairs are counted as idle.
 
 Threading: subscription callbacks only hand the synchronised pair to a one-slot mailbox (`mailbox`); a worker
-thread runs inference and publishes. When pairs arrive faster than inference, the newest pair wins and the others
-are counted as dropped, so latency stays bounded by one inference instead of growing with a queue.
+thread runs the pipeline and publishes; the newest pair wins, so latency stays bounded by one inference.
 
-Bad input (a malformed image, mismatched pair, missing or degenerate camera_info, stale stamps) is reported with a
-throttled warning naming the problem and the pair is skipped (or, without camera geometry, only disparity is
-published); the node keeps running. Invalid parameters stop it at start-up with one message and exit status 2.
+Bad input gets a throttled warning naming the problem and the pair is skipped (or, without camera geometry, only
+disparity is published); the node keeps running. Invalid parameters stop it at start-up with one message and exit
+status 2. `confidence_threshold`, `iters`, `publish_points`, `publish_confidence` can be set at run time.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data, qos_profile_system_default
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from rclpy.qos import QoSPolicyKind, QoSProfile, qos_profile_sensor_data, qos_profile_system_default
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
 
-from stereo_depth_ros.camera_geometry import (
-    CameraGeometryError,
-    StereoCamera,
-    cloud_array,
-    disparity_image_fields,
-    disparity_to_camera,
-    disparity_to_depth,
-    fill_disparity_image,
-    fill_pointcloud2,
-    resize_pair,
-    working_size,
-)
-from stereo_depth_ros.config import ConfigError, NodeConfig, estimator_options, is_ros_own_parameter
-from stereo_depth_ros.diagnostics import FrameStats, Throttle, format_value, summary_line
-from stereo_depth_ros.image_conversion import ImageConversionError, array_to_image, image_to_rgb
+from stereo_depth_ros.config import (RUNTIME_PARAMETERS, ConfigError, NodeConfig, estimator_options,
+                                     is_ros_own_parameter)
+from stereo_depth_ros.diagnostics import FrameStats, Throttle, format_value, status_message, summary_line
 from stereo_depth_ros.inference import create_estimator
 from stereo_depth_ros.mailbox import LatestMailbox
+from stereo_depth_ros.messages import OutputMessages
+from stereo_depth_ros.pipeline import PairError, StereoPipeline
+from stereo_depth_ros.postprocess import OutputRequest
 from stereo_depth_ros.sync import StereoFrame, StereoSynchronizer
 
 NODE_NAME = "stereo_depth_node"
-# Below this the networks' 1/32 feature maps are a pixel or two wide and SGBM's search window covers the image:
-# the output would be noise, so such pairs are rejected with a warning instead.
-MIN_IMAGE_SIDE = 32
 WARNING_PERIOD_S = 5.0
 STATUS_LOG_PERIOD_S = 10.0
+# The first pair of a stream waits this long for a camera_info that has not been seen yet (image_transport's
+# CameraPublisher sends the image first); a few frame periods at the slowest common camera rates.
+INFO_WAIT_S = 0.5
+SYNC_POLL_PERIOD_S = 0.05
 EXIT_BAD_PARAMETERS = 2
 EXIT_BACKEND_FAILED = 1
-
-
-class InputError(ValueError):
-    """A synchronised pair that cannot be processed; `kind` groups warnings for throttling."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 class StartupError(RuntimeError):
@@ -82,8 +70,12 @@ class _Job:
     received: float  # time.monotonic() when the pair was complete
 
 
+def _stamp_text(header: Any) -> str:
+    return f"{header.stamp.sec}.{header.stamp.nanosec:09d}"
+
+
 class StereoDepthNode(Node):
-    def __init__(self, **node_kwargs) -> None:
+    def __init__(self, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
         self.config = self._read_parameters()
         try:
@@ -91,11 +83,18 @@ class StereoDepthNode(Node):
         except Exception as exc:  # any loader failure becomes one line, not a traceback
             raise StartupError(f"backend {self.config.backend} failed to load: {type(exc).__name__}: {exc}",
                                EXIT_BACKEND_FAILED) from exc
-
+        self.pipeline = StereoPipeline(self.estimator, input_width=self.config.input_width,
+                                       input_height=self.config.input_height,
+                                       max_disparity=self.config.max_disparity,
+                                       confidence_threshold=self.config.confidence_threshold)
         self.stats = FrameStats(window=max(5.0, 3 * self.config.diagnostics_period))
         self._throttle = Throttle(WARNING_PERIOD_S)
+        if self.config.input_width and self.config.input_height:
+            self._warmup(self.config.input_width, self.config.input_height)  # the working size is known now
+        self._warmup_size: tuple[int, int] | None = None  # camera size to warm up at, from the first camera_info
+        self._warmed = bool(self.config.input_width and self.config.input_height)
         self._mailbox: LatestMailbox[_Job] = LatestMailbox()
-        self._infos_warned = False
+        self._messages = OutputMessages()
         self._stale_seen = 0
         self._newest_stamp = {"left": -1, "right": -1}  # newest image stamp (ns) seen per side
         self._hardware_id = ""
@@ -105,33 +104,55 @@ class StereoDepthNode(Node):
             approximate=self.config.approximate_sync,
             tolerance_seconds=self.config.approximate_sync_tolerance_seconds,
             queue_size=self.config.queue_size,
+            info_wait_seconds=INFO_WAIT_S,
+            warn=self._warn,
         )
-        qos_in = qos_profile_system_default if self.config.use_system_default_qos else qos_profile_sensor_data
-        qos_in = QoSProfile(history=qos_in.history, depth=max(self.config.queue_size, 1),
-                            reliability=qos_in.reliability, durability=qos_in.durability)
-        self.create_subscription(Image, "left/image_rect", self._image_callback("left", self.sync.add_left_image),
-                                 qos_in)
-        self.create_subscription(Image, "right/image_rect",
-                                 self._image_callback("right", self.sync.add_right_image), qos_in)
-        self.create_subscription(CameraInfo, "left/camera_info", self.sync.add_left_info, qos_in)
-        self.create_subscription(CameraInfo, "right/camera_info", self.sync.add_right_info, qos_in)
+        base = qos_profile_system_default if self.config.use_system_default_qos else qos_profile_sensor_data
 
-        self.pub_disparity = self.create_publisher(DisparityImage, "disparity", 5)
-        self.pub_depth = self.create_publisher(Image, "depth", 5)
-        self.pub_points = self.create_publisher(PointCloud2, "points2", 5) if self.config.publish_points else None
-        self.pub_confidence = (self.create_publisher(Image, "confidence", 5)
-                               if self.config.publish_confidence else None)
+        def qos_in() -> QoSProfile:
+            return QoSProfile(history=base.history, depth=max(self.config.queue_size, 1),
+                              reliability=base.reliability, durability=base.durability)
+
+        # As image_pipeline: `qos_overrides./<topic>.subscription.<policy>` (and .publisher.) in a params file
+        # take effect on these topics; every policy, not only rclpy's default three (history, depth, reliability).
+        overrides = QoSOverridingOptions([kind for kind in QoSPolicyKind if kind is not QoSPolicyKind.INVALID])
+        try:
+            self._create_topics(qos_in, overrides)
+        except (RuntimeError, ParameterException) as exc:  # a qos_overrides.* value rclpy cannot use
+            raise StartupError(f"invalid parameters: QoS override: {exc}", EXIT_BAD_PARAMETERS) from None
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(self.config.diagnostics_period, self._publish_diagnostics)
+        # Steady clock: with use_sim_time and no /clock, ROS time stands still and so would these timers.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(self.config.diagnostics_period, self._publish_diagnostics, clock=steady)
+        self.create_timer(SYNC_POLL_PERIOD_S, self.sync.poll, clock=steady)
         self._last_status_log = time.monotonic()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._worker = threading.Thread(target=self._work, name="stereo_depth_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
             f"ready: backend {self.config.backend}"
             + (f" ({self.config.model}, {self.config.model_path})" if self.config.backend != "opencv_sgbm" else "")
+            + (f" on {self.estimator.providers[0]}" if getattr(self.estimator, "providers", None) else "")
             + f", {'approximate' if self.config.approximate_sync else 'exact'} sync ({self.sync.implementation}), "
             f"{'system default' if self.config.use_system_default_qos else 'sensor-data'} QoS")
+
+    def _create_topics(self, qos_in: Any, overrides: QoSOverridingOptions) -> None:
+        """The four inputs and four outputs (a new input profile per topic: rclpy writes a topic's overrides into
+        the profile it is given)."""
+        self.create_subscription(Image, "left/image_rect", self._image_callback("left", self.sync.add_left_image),
+                                 qos_in(), qos_overriding_options=overrides)
+        self.create_subscription(Image, "right/image_rect",
+                                 self._image_callback("right", self.sync.add_right_image), qos_in(),
+                                 qos_overriding_options=overrides)
+        self.create_subscription(CameraInfo, "left/camera_info", self._info_callback(self.sync.add_left_info),
+                                 qos_in(), qos_overriding_options=overrides)
+        self.create_subscription(CameraInfo, "right/camera_info", self._info_callback(self.sync.add_right_info),
+                                 qos_in(), qos_overriding_options=overrides)
+        self.pub_disparity = self.create_publisher(DisparityImage, "disparity", 5, qos_overriding_options=overrides)
+        self.pub_depth = self.create_publisher(Image, "depth", 5, qos_overriding_options=overrides)
+        self.pub_points = self.create_publisher(PointCloud2, "points2", 5, qos_overriding_options=overrides)
+        self.pub_confidence = self.create_publisher(Image, "confidence", 5, qos_overriding_options=overrides)
 
     # -- parameters -------------------------------------------------------------------------------------------
     def _read_parameters(self) -> NodeConfig:
@@ -139,8 +160,9 @@ class StereoDepthNode(Node):
         descriptions = NodeConfig.parameter_descriptions()
         for name, default in defaults.items():
             # Typing is left to NodeConfig (one validator, one message format: an int for a float parameter is
-            # fine, a string for an int names the parameter); parameters apply at start-up only.
-            descriptor = ParameterDescriptor(description=descriptions[name], dynamic_typing=True, read_only=True)
+            # fine, a string for an int names the parameter).
+            descriptor = ParameterDescriptor(description=descriptions[name], dynamic_typing=True,
+                                             read_only=name not in RUNTIME_PARAMETERS)
             self.declare_parameter(name, default, descriptor)
         values = {name: self.get_parameter(name).value for name in defaults}
         overrides = getattr(self, "_parameter_overrides", {})
@@ -154,6 +176,26 @@ class StereoDepthNode(Node):
         except ConfigError as exc:
             raise StartupError(f"invalid parameters: {exc}", EXIT_BAD_PARAMETERS) from None
 
+    def _on_set_parameters(self, parameters: list) -> SetParametersResult:
+        """`ros2 param set` on a runtime parameter: validated with the start-up rules, applied from the next pair.
+        (rclpy itself refuses read-only ones, naming them.)"""
+        changes = {p.name: p.value for p in parameters if p.name in RUNTIME_PARAMETERS}
+        if not changes:
+            return SetParametersResult(successful=True)
+        try:
+            values = self.config.as_dict()
+            values.update(changes)
+            config = NodeConfig.from_dict(values).validate(check_files=False)
+            iters = config.iters or None
+            if "iters" in changes and iters != self.estimator.iters:
+                self.estimator.iters = iters  # the backend refuses what it cannot do (ValueError)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.config = dataclasses.replace(self.config, **{name: getattr(config, name) for name in changes})
+        self.pipeline.confidence_threshold = self.config.confidence_threshold
+        self.get_logger().info("parameters set: " + ", ".join(f"{k} = {getattr(config, k)}" for k in changes))
+        return SetParametersResult(successful=True)
+
     # -- callbacks (executor thread) --------------------------------------------------------------------------
     def _image_callback(self, side: str, add):
         def callback(msg: Image) -> None:
@@ -166,8 +208,16 @@ class StereoDepthNode(Node):
                 self._stale_seen = stale
                 what = "duplicated" if stamp == newest else "out-of-order" if stamp < newest else "late"
                 self._warn(f"stamp:{what}",
-                           f"{side} image dropped, {what} stamp {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}"
-                           f" s (newest seen {newest / 1e9:.9f} s); {stale} stale images so far")
+                           f"{side} image dropped, {what} stamp {_stamp_text(msg.header)} s (newest seen "
+                           f"{newest / 1e9:.9f} s); {stale} stale images so far")
+        return callback
+
+    def _info_callback(self, add):
+        def callback(msg: CameraInfo) -> None:
+            if not self._warmed and msg.width and msg.height:
+                self._warmed = True
+                self._warmup_size = (int(msg.width), int(msg.height))  # the worker warms up before the next pair
+            add(msg)
         return callback
 
     def _on_frame(self, frame: StereoFrame) -> None:
@@ -176,14 +226,27 @@ class StereoDepthNode(Node):
         self.stats.pair_received(dropped_older=dropped)
 
     # -- worker thread -----------------------------------------------------------------------------------------
+    def _warmup(self, width: int, height: int) -> None:
+        start = time.monotonic()
+        try:
+            self.pipeline.warmup(width, height)
+        except Exception as exc:  # a backend that cannot run this size says so on the first pair anyway
+            self._warn("warmup", f"backend warm-up at {width}x{height} failed: {type(exc).__name__}: {exc}")
+            return
+        self.get_logger().info(f"backend warmed up at {width}x{height} (working size) in "
+                               f"{time.monotonic() - start:.2f} s")
+
     def _work(self) -> None:
         while not self._mailbox.closed:
-            job = self._mailbox.get(timeout=0.5)
+            if self._warmup_size is not None:
+                size, self._warmup_size = self._warmup_size, None
+                self._warmup(*size)
+            job = self._mailbox.get(timeout=0.2)
             if job is None:
                 continue
             try:
                 self._process(job)
-            except InputError as exc:
+            except PairError as exc:
                 self.stats.pair_rejected(str(exc))
                 self._warn(exc.kind, f"pair skipped: {exc}")
             except Exception as exc:  # never let one pair kill the node
@@ -192,95 +255,46 @@ class StereoDepthNode(Node):
                 self.stats.pair_rejected(f"{type(exc).__name__}: {exc}")
                 self._warn(f"error:{type(exc).__name__}", f"pair failed: {type(exc).__name__}: {exc}")
 
-    def _read_pair(self, frame: StereoFrame) -> tuple[np.ndarray, np.ndarray]:
-        images = []
-        for side, msg in (("left", frame.left_image), ("right", frame.right_image)):
-            try:
-                images.append(image_to_rgb(msg))
-            except ImageConversionError as exc:
-                raise InputError(f"image:{side}", f"{side} image: {exc}") from None
-        left_msg, right_msg = frame.left_image, frame.right_image
-        if left_msg.encoding != right_msg.encoding:
-            raise InputError("encoding_mismatch", f"left image is {left_msg.encoding} but right is "
-                                                  f"{right_msg.encoding}; a stereo pair needs one encoding")
-        if images[0].shape != images[1].shape:
-            raise InputError("size_mismatch", f"left image is {left_msg.width}x{left_msg.height} but right is "
-                                              f"{right_msg.width}x{right_msg.height}")
-        height, width = images[0].shape[:2]
-        if min(height, width) < MIN_IMAGE_SIDE:
-            raise InputError("too_small", f"image {width}x{height} is too small for stereo matching "
-                                          f"(needs at least {MIN_IMAGE_SIDE} px on each side)")
-        return images[0], images[1]
-
-    def _camera(self, frame: StereoFrame, width: int, height: int) -> StereoCamera | None:
-        """The rig for this pair, or None (with a warning) when only disparity can be published."""
-        if frame.left_info is None or frame.right_info is None:
-            missing = " and ".join(s for s, i in (("left", frame.left_info), ("right", frame.right_info)) if i is None)
-            self._warn("missing_info", f"no camera_info for the {missing} camera matching stamp "
-                                       f"{frame.left_image.header.stamp.sec}.{frame.left_image.header.stamp.nanosec:09d}: "
-                                       "publishing disparity only (no depth, no points)")
-            return None
-        try:
-            camera = StereoCamera.from_camera_info(frame.left_info, frame.right_info)
-        except CameraGeometryError as exc:
-            self._warn("bad_info", f"degenerate camera_info ({exc}): publishing disparity only (no depth, no points)")
-            return None
-        if camera.width and camera.height and (camera.width, camera.height) != (width, height):
-            self._warn("info_size", f"camera_info is for {camera.width}x{camera.height} but the images are "
-                                    f"{width}x{height}: publishing disparity only (no depth, no points)")
-            return None
-        return camera
+    def _request(self) -> OutputRequest:
+        """The outputs somebody subscribes to (stereo_image_proc's lazy rule)."""
+        return OutputRequest(
+            disparity=self.pub_disparity.get_subscription_count() > 0,
+            depth=self.pub_depth.get_subscription_count() > 0,
+            points=self.config.publish_points and self.pub_points.get_subscription_count() > 0,
+            confidence=self.config.publish_confidence and self.pub_confidence.get_subscription_count() > 0)
 
     def _process(self, job: _Job) -> None:
         frame = job.frame
-        left, right = self._read_pair(frame)
-        height, width = left.shape[:2]
+        request = self._request()
+        if not request.any():
+            self.stats.pair_idle()
+            return
         header = frame.left_image.header
         self._hardware_id = header.frame_id
-        camera = self._camera(frame, width, height)
-
-        work_w, work_h = working_size(width, height, self.config.input_width, self.config.input_height)
-        work_left, work_right = resize_pair(left, right, work_w, work_h)
-        start = time.perf_counter()
-        estimate = self.estimator.estimate(work_left, work_right)
-        inference_s = time.perf_counter() - start
-        disparity, confidence = disparity_to_camera(estimate.disparity, width, height, estimate.confidence)
-
-        threshold = self.config.confidence_threshold
-        unconfident = confidence < threshold if (confidence is not None and threshold > 0.0) else None
-        fields = disparity_image_fields(disparity, camera, self.config.max_disparity * width / work_w,
-                                        invalid=unconfident)
-        # check_fields=True lets rclpy keep the array.array payloads as they are instead of copying them again.
-        msg = DisparityImage(check_fields=True)
-        msg.image = Image(check_fields=True)
-        msg.header = header
-        msg.image.header = header
-        fill_disparity_image(msg, fields)
-        self.pub_disparity.publish(msg)
-
-        if camera is not None:
-            depth = disparity_to_depth(disparity, camera, confidence, threshold)
-            valid_share = float(np.count_nonzero(np.isfinite(depth))) / depth.size
-            depth_msg = array_to_image(depth, "32FC1", Image(check_fields=True))
-            depth_msg.header = header
-            self.pub_depth.publish(depth_msg)
-            if self.pub_points is not None and self.pub_points.get_subscription_count() > 0:
-                cloud = fill_pointcloud2(PointCloud2(check_fields=True), cloud_array(depth, camera, left), PointField)
-                cloud.header = header
-                self.pub_points.publish(cloud)
-        else:
-            valid_share = float(np.count_nonzero(np.isfinite(disparity))) / disparity.size
-        if (self.pub_confidence is not None and confidence is not None
-                and self.pub_confidence.get_subscription_count() > 0):
-            conf_msg = array_to_image(np.ascontiguousarray(confidence, np.float32), "32FC1", Image(check_fields=True))
-            conf_msg.header = header
-            self.pub_confidence.publish(conf_msg)
-
-        self.stats.pair_published(time.monotonic() - job.received, inference_s, valid_share)
+        result = self.pipeline.process(frame.left_image, frame.right_image, request,
+                                       infos=(frame.left_info, frame.right_info))
+        if result.camera_problem is not None:
+            kind, message = result.camera_problem
+            self._warn(kind, f"{message} [stamp {_stamp_text(header)}]")
+        out = result.outputs
+        if out is None:  # only depth/points wanted, and no camera geometry to make them
+            self.stats.pair_idle()
+            return
+        if out.disparity is not None:
+            self.pub_disparity.publish(self._messages.disparity(out, header))
+        if out.depth is not None:
+            self.pub_depth.publish(self._messages.image("depth", out.depth, header))
+        if out.points is not None:
+            self.pub_points.publish(self._messages.cloud(out.points, header))
+        if out.confidence is not None:
+            self.pub_confidence.publish(self._messages.image("confidence", out.confidence, header))
+        self.stats.pair_published(time.monotonic() - job.received, result.inference_s, out.valid_share,
+                                  result.iterations, result.budget_missed)
 
     # -- reporting -----------------------------------------------------------------------------------------------
     def _warn(self, kind: str, message: str) -> None:
-        # Throttled per problem (numbers aside), so that a recurring problem cannot hide a different one.
+        # Throttled per problem (numbers aside), so that a recurring problem cannot hide a different one; the
+        # throttle remembers a bounded number of problems.
         if self._throttle.ready(kind + ":" + re.sub(r"[0-9.]+", "#", message)):
             self.get_logger().warning(message)
 
@@ -292,12 +306,8 @@ class StereoDepthNode(Node):
         status.name = f"{self.get_fully_qualified_name()}: stereo depth"
         status.hardware_id = self._hardware_id
         idle = snap["received_pairs"] == 0
-        if idle:
-            status.level, status.message = DiagnosticStatus.OK, "waiting for stereo pairs"
-        elif snap["input_rate_hz"] > 0 and snap["output_rate_hz"] == 0:
-            status.level, status.message = DiagnosticStatus.WARN, "pairs arrive but none is published"
-        else:
-            status.level, status.message = DiagnosticStatus.OK, summary_line(snap)
+        warn, status.message = status_message(snap)
+        status.level = DiagnosticStatus.WARN if warn else DiagnosticStatus.OK
         status.values = [KeyValue(key="backend", value=self.config.backend),
                          KeyValue(key="sync", value=self.sync.implementation)]
         status.values += [KeyValue(key=key, value=format_value(value)) for key, value in snap.items()]

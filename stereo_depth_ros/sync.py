@@ -10,7 +10,7 @@ Policies (parameter names and defaults of stereo_image_proc's disparity node):
 - approximate (`approximate_sync: true`): stamps differ by less than `approximate_sync_tolerance_seconds`;
   0 means no bound (stereo_image_proc then uses message_filters' unbounded ApproximateTime policy). Each arriving
   image is paired with the closest waiting image of the other side.
-- `queue_size`: images kept per side while waiting for a partner (the oldest go first).
+- `queue_size`: images kept per side while waiting for a partner (the earliest arrival goes first).
 
 The image pair is matched by `message_filters` (TimeSynchronizer / ApproximateTimeSynchronizer fed through plain
 SimpleFilter inputs, no node needed) when it is importable, otherwise by a small equivalent here with the same
@@ -21,8 +21,16 @@ older than it (message_filters would keep and could still pair them), so both gi
   are dropped and counted, so a replayed or reordered stream never produces a pair twice or backwards.
 - camera_info is matched to the pair by stamp with the same policy, but kept out of the image match so that a
   camera without camera_info still yields disparity (stereo_image_proc would wait forever). A pair waits for its
-  camera_info until the next pair is ready, then goes out with whatever matched (None for the rest, counted as
-  `missing_info`); a side that never sent camera_info is not waited for.
+  camera_info until the next pair is ready or `info_wait_seconds` (default 0.5 s) have passed, then goes out with
+  whatever matched (None for the rest, counted as `missing_info`). The first pairs of a stream also wait for a
+  side that has not sent camera_info yet (image_transport's CameraPublisher sends the image first), during
+  `info_wait_seconds` from the first pair; after that a side that never sent camera_info is not waited for.
+  Deadlines need `poll()` to be called now and then (the node does, on a steady timer).
+- Stamps far ahead cannot poison the state: full queues evict the earliest *arrival* (not the smallest stamp,
+  which would evict every real image behind a few stamped in the future), with a warning naming a stamp dropped
+  unpaired far ahead of the stream; and an image stamped more than `JUMP_BACK_S` behind the last pair (a clock
+  reset, a bag played again, or a pair stamped in the future) restarts the ordering with a warning instead of
+  being dropped as out of order forever.
 Everything is bounded: queue_size images and camera_infos per side and one waiting pair.
 
 The callback runs inside `add_*` under the synchroniser's lock: keep it short (hand the frame to a worker).
@@ -30,6 +38,7 @@ The callback runs inside `add_*` under the synchroniser's lock: keep it short (h
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -39,6 +48,12 @@ NS_PER_S = 1_000_000_000
 UNBOUNDED_SLOP_S = 1.0e6
 
 LEFT, RIGHT = 0, 1
+SIDES = ("left", "right")
+DEFAULT_INFO_WAIT_S = 0.5
+# An image this far behind the last pair is a jump of the stream's clock, not an out-of-order image.
+JUMP_BACK_S = 2.0
+# An unpaired message evicted this far ahead of the newest arrival is reported (stamped in the future).
+FUTURE_S = 1.0
 
 
 class StereoFrame(NamedTuple):
@@ -97,7 +112,7 @@ class _BuiltinPairMatcher:
         mine.pop(t, None)  # a duplicate stamp replaces the waiting message and becomes the newest entry
         mine[t] = msg
         while len(mine) > self._queue_size:
-            del mine[min(mine)]
+            del mine[next(iter(mine))]  # earliest arrival (see the module docstring)
         if self._approximate:
             best = None
             for s in other:
@@ -134,6 +149,7 @@ class _MessageFiltersPairMatcher:
             sync = message_filters.TimeSynchronizer(list(self._inputs), queue_size)
         sync.registerCallback(self._matched)
         self._sync = sync
+        self._queue_size = queue_size
         self._on_pair = on_pair
 
     def _matched(self, left: Any, right: Any) -> None:
@@ -148,6 +164,14 @@ class _MessageFiltersPairMatcher:
         self._on_pair(left, right)
 
     def add(self, side: int, msg: Any) -> None:
+        queues = getattr(self._sync, "queues", None)
+        if isinstance(queues, list) and len(queues) == 2 and isinstance(queues[side], dict):
+            # message_filters evicts the smallest stamp from a full queue; evict the earliest arrival first, as the
+            # builtin matcher does, so that images stamped far ahead cannot push out every real one.
+            queue, t = queues[side], stamp_ns(msg)
+            queue.pop(t, None)
+            while len(queue) >= self._queue_size:
+                del queue[next(iter(queue))]
         self._inputs[side].signalMessage(msg)
 
 
@@ -157,17 +181,23 @@ class StereoSynchronizer:
     callback: called with a StereoFrame per pair. approximate, tolerance_seconds, queue_size: stereo_image_proc's
     `approximate_sync`, `approximate_sync_tolerance_seconds` (0 = unbounded), `queue_size`.
     implementation: "auto" (message_filters when importable), "message_filters" or "builtin".
+    info_wait_seconds: longest wait of a pair for its camera_info (see the module docstring); warn(kind, message):
+    called for stamps that had to be dropped or reset (the node throttles and logs them); clock: monotonic seconds.
     """
 
     def __init__(self, callback: Callable[[StereoFrame], None], approximate: bool = False,
-                 tolerance_seconds: float = 0.0, queue_size: int = 5, implementation: str = "auto") -> None:
+                 tolerance_seconds: float = 0.0, queue_size: int = 5, implementation: str = "auto",
+                 info_wait_seconds: float = DEFAULT_INFO_WAIT_S,
+                 warn: Callable[[str, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
         if not tolerance_seconds >= 0.0:
             raise ValueError(f"approximate_sync_tolerance_seconds must be >= 0, got {tolerance_seconds}")
         if implementation == "auto":
             implementation = "message_filters" if message_filters_available()[0] else "builtin"
-        matchers = {"builtin": _BuiltinPairMatcher, "message_filters": _MessageFiltersPairMatcher}
+        matchers: dict[str, type[_BuiltinPairMatcher] | type[_MessageFiltersPairMatcher]] = {
+            "builtin": _BuiltinPairMatcher, "message_filters": _MessageFiltersPairMatcher}
         if implementation not in matchers:
             raise ValueError(f"unknown synchroniser implementation {implementation!r}; expected auto, "
                              "message_filters or builtin")
@@ -182,6 +212,11 @@ class StereoSynchronizer:
         self._infos: tuple[dict[int, Any], dict[int, Any]] = ({}, {})
         self._info_seen = [False, False]
         self._pending: tuple[Any, Any] | None = None
+        self._pending_deadline = 0.0
+        self._first_pair_time: float | None = None
+        self._info_wait = max(0.0, float(info_wait_seconds))
+        self._warn = warn or (lambda kind, message: None)
+        self._clock = clock
         self.stats = SyncStats()
 
     # -- inputs ---------------------------------------------------------------------------------------------
@@ -200,25 +235,57 @@ class StereoSynchronizer:
     # -- internals ------------------------------------------------------------------------------------------
     def _add_image(self, side: int, msg: Any) -> None:
         with self._lock:
-            if stamp_ns(msg) <= self._last[side]:
-                self.stats.dropped_stale += 1
-                return
+            t = stamp_ns(msg)
+            last = self._last[side]
+            if t <= last:
+                if last - t <= JUMP_BACK_S * NS_PER_S:
+                    self.stats.dropped_stale += 1
+                    return
+                self._warn("stamp:jump", f"{SIDES[side]} image stamped {t / NS_PER_S:.9f} s is "
+                           f"{(last - t) / NS_PER_S:.3f} s behind the last pair ({last / NS_PER_S:.9f} s): the "
+                           "stream's time jumped back (clock reset, bag replayed, or a pair stamped in the future); "
+                           "restarting the pairing")
+                self._last = (-1, -1)
+            self._evict_report(self._matcher_queue(side), t, f"{SIDES[side]} image")
             self._matcher.add(side, msg)
+
+    def _matcher_queue(self, side: int) -> dict[int, Any] | None:
+        queues = getattr(self._matcher, "_queues", None)
+        if queues is None:
+            queues = getattr(getattr(self._matcher, "_sync", None), "queues", None)
+        return queues[side] if isinstance(queues, (list, tuple)) and isinstance(queues[side], dict) else None
+
+    def _evict_report(self, queue: dict[int, Any] | None, t: int, what: str) -> None:
+        """Warn when adding stamp t to a full queue evicts an entry stamped far ahead of it (it never paired)."""
+        if not queue or len(queue) < self.queue_size or t in queue:
+            return
+        victim = next(iter(queue))
+        if victim - t > FUTURE_S * NS_PER_S:
+            self._warn("stamp:future", f"{what} stamped {victim / NS_PER_S:.9f} s dropped unpaired: "
+                       f"{(victim - t) / NS_PER_S:.3f} s ahead of the stream (stamped in the future?)")
 
     def _add_info(self, side: int, msg: Any) -> None:
         with self._lock:
             cache = self._infos[side]
             t = stamp_ns(msg)
             cache.pop(t, None)
+            self._evict_report(cache, t, f"{SIDES[side]} camera_info")
             cache[t] = msg
             while len(cache) > self.queue_size:
-                del cache[min(cache)]
+                del cache[next(iter(cache))]  # earliest arrival, as for images
             self._info_seen[side] = True
             if self._pending is not None:
                 infos = self._match_infos(*self._pending)
                 if self._complete(infos):
                     pair, self._pending = self._pending, None
                     self._deliver(pair, infos)
+
+    def poll(self) -> None:
+        """Release a pair whose wait for camera_info is over (call it now and then, e.g. every 50 ms)."""
+        with self._lock:
+            if self._pending is not None and self._clock() >= self._pending_deadline:
+                pair, self._pending = self._pending, None
+                self._deliver(pair, self._match_infos(*pair))
 
     def _on_pair(self, left: Any, right: Any) -> None:
         # Called by the matcher, inside _add_image, so under the lock.
@@ -231,11 +298,15 @@ class StereoSynchronizer:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             self._deliver(pending, self._match_infos(*pending))
+        now = self._clock()
+        if self._first_pair_time is None:
+            self._first_pair_time = now
         infos = self._match_infos(left, right)
-        if self._complete(infos):
+        if self._complete(infos, now):
             self._deliver((left, right), infos)
         else:
             self._pending = (left, right)
+            self._pending_deadline = now + self._info_wait
 
     def _match_info(self, side: int, t: int) -> Any:
         cache = self._infos[side]
@@ -251,8 +322,15 @@ class StereoSynchronizer:
     def _match_infos(self, left: Any, right: Any) -> tuple[Any, Any]:
         return self._match_info(LEFT, stamp_ns(left)), self._match_info(RIGHT, stamp_ns(right))
 
-    def _complete(self, infos: tuple[Any, Any]) -> bool:
-        return all(info is not None or not seen for info, seen in zip(infos, self._info_seen))
+    def _complete(self, infos: tuple[Any, Any], now: float | None = None) -> bool:
+        """Nothing more to wait for: each side matched, or never sent camera_info and the stream's first
+        `info_wait_seconds` are over."""
+        if now is None:
+            now = self._clock()
+        start = self._first_pair_time
+        waiting_for_first = start is not None and now < start + self._info_wait
+        return all(info is not None or (not seen and not waiting_for_first)
+                   for info, seen in zip(infos, self._info_seen))
 
     def _deliver(self, pair: tuple[Any, Any], infos: tuple[Any, Any]) -> None:
         if not self._complete(infos):

@@ -1,8 +1,9 @@
 """`make demo`: run stereo_depth_node on a real stereo pair over real DDS and score it against ground truth.
 
 What it does:
-1. picks the estimator: the RT-IGEV student when weights are in weights/ (an .onnx file -> onnxruntime, else
-   sceneflow.pth -> torch), otherwise the weight-free opencv_sgbm baseline, and says which;
+1. picks the estimator: the RT-IGEV student when weights are in weights/ (.onnx files -> onnxruntime, the fp32
+   export at its own size; else sceneflow.pth -> torch), otherwise the weight-free opencv_sgbm baseline, and says
+   which;
 2. starts `stereo_depth_node` as its own process (own session, discovery limited to this host, a domain of its
    own, the package's Fast DDS shared-memory profile);
 3. streams scikit-image's Middlebury "Motorcycle" pair at a camera-like rate, with camera_info built from its
@@ -68,14 +69,44 @@ def choose_backend(requested: str, weights_dir: Path) -> tuple[str, dict[str, ob
     if requested == "onnxruntime":
         if not onnx_files:
             raise SystemExit(f"demo: backend onnxruntime needs an .onnx file in {weights_dir}")
-        return ("onnxruntime", {"backend": "onnxruntime", "model_path": str(onnx_files[0])},
-                f"RT-IGEV student from {onnx_files[0]} (onnxruntime)")
+        return onnx_choice(onnx_files)
     if requested == "torch":
         if not checkpoint.is_file():
             raise SystemExit(f"demo: backend torch needs {checkpoint} (see weights/README.md)")
         return ("torch", {"backend": "torch", "model": "rt_igev", "model_path": str(checkpoint)},
                 f"RT-IGEV student from {checkpoint} (torch)")
     return "opencv_sgbm", {"backend": "opencv_sgbm"}, "opencv_sgbm baseline (requested)"
+
+
+def onnx_choice(onnx_files: list[Path]) -> tuple[str, dict[str, object], str]:
+    """The export the demo runs among `onnx_files` (e.g. `make loop`'s fp32 and fp16 exports), with its size.
+
+    The fp32 export is preferred: the fp16 one is for GPUs, and onnxruntime's CPU provider runs it slowly if at
+    all. A fixed-size export refuses other sizes, so its size (from the file's graph and metadata) becomes the
+    node's working resolution (input_width/input_height); the node resizes the streamed pair to it.
+    """
+    from stereo_depth_ros.inference.onnx_backend import read_export_limits, read_export_metadata
+
+    def precision(path: Path) -> str:
+        try:
+            return read_export_metadata(path).get("precision", "unknown")
+        except Exception:  # not readable as ONNX: the node will say why when it loads it
+            return "unknown"
+
+    precisions = {path: precision(path) for path in onnx_files}
+    chosen = sorted(onnx_files, key=lambda p: (precisions[p] != "fp32", precisions[p] == "fp16", p.name))[0]
+    params: dict[str, object] = {"backend": "onnxruntime", "model_path": str(chosen)}
+    size = "any size"
+    try:
+        fixed = read_export_limits(chosen).fixed_size
+    except Exception:
+        fixed = None
+    if fixed is not None:
+        params.update(input_height=fixed[0], input_width=fixed[1])
+        size = f"working size {fixed[1]}x{fixed[0]}, the export's"
+    others = [p.name for p in onnx_files if p != chosen]
+    return ("onnxruntime", params, f"RT-IGEV student from {chosen} (onnxruntime, {precisions[chosen]}, {size})"
+            + (f"; not used: {', '.join(others)}" if others else ""))
 
 
 def stream(args: argparse.Namespace, rig: StereoRig, params: dict[str, object], workdir: Path) -> Streamed:

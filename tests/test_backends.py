@@ -1,4 +1,7 @@
 """Estimator backends on CPU: opencv_sgbm on a real pair, torch with the parity fixture, onnxruntime on a small graph."""
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +106,7 @@ def test_torch_backend_errors():
 
 
 # ---------------------------------------------------------------------------------------------- onnxruntime
-def tiny_stereo_onnx(path: Path, height=None, width=None, padded_inside=False, confidence=True):
+def tiny_stereo_onnx(path: Path, height=None, width=None, padded_inside=False, confidence=True, meta=None):
     """A graph with the export's names: disparity = channel mean of left (so cropping is checkable),
     confidence = channel mean of right / 255. Built with onnx.helper: no torch export needed for the contract."""
     onnx = pytest.importorskip("onnx", reason="onnx not installed")
@@ -124,7 +127,8 @@ def tiny_stereo_onnx(path: Path, height=None, width=None, padded_inside=False, c
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     helper.set_model_props(model, {"stereo_depth_ros.padded_inside": "1" if padded_inside else "0",
-                                   "stereo_depth_ros.iters": "8", "stereo_depth_ros.model": "rt_igev"})
+                                   "stereo_depth_ros.iters": "8", "stereo_depth_ros.model": "rt_igev",
+                                   **(meta or {})})
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
@@ -146,8 +150,12 @@ def test_onnx_backend_pads_to_the_fixed_export_size_and_crops_back(tmp_path):
     out = estimator.estimate(left, right)
     np.testing.assert_allclose(out.disparity, left.astype(np.float32).mean(axis=2), rtol=1e-6)
     np.testing.assert_allclose(out.confidence, right.astype(np.float32).mean(axis=2) / 255, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="exported for 96x64"):
+    from stereo_depth_ros.inference.onnx_backend import OnnxInputSizeError
+
+    with pytest.raises(OnnxInputSizeError, match="exported for 96x64 .* the images are 100x100") as info:
         estimator.estimate(*pair(100, 100))
+    assert info.value.fixed_size == (64, 96) and info.value.image_size == (100, 100)
+    assert "input_width" not in str(info.value)  # advice is the caller's (node or eval), not the backend's
 
 
 def test_onnx_backend_dynamic_graph_padded_inside(tmp_path):
@@ -179,3 +187,69 @@ def test_onnx_provider_selection_and_bad_files(tmp_path):
     garbage.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="cannot load ONNX model"):
         create_estimator("onnxruntime", model_path=str(garbage), providers=["CPUExecutionProvider"])
+
+
+def test_onnx_backend_checks_the_exports_recorded_limits_before_running(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    from stereo_depth_ros.inference.onnx_backend import OnnxInputSizeError
+
+    path = tiny_stereo_onnx(tmp_path / "limits.onnx", padded_inside=True, confidence=False,
+                            meta={"stereo_depth_ros.min_height": "40", "stereo_depth_ros.min_width": "48"})
+    estimator = create_estimator("onnxruntime", model_path=str(path), providers=["CPUExecutionProvider"])
+    assert estimator.estimate(*pair(40, 48)).disparity.shape == (40, 48)
+    with pytest.raises(OnnxInputSizeError, match="needs images of at least 48x40; the images are 47x40") as info:
+        estimator.estimate(*pair(40, 47))
+    assert info.value.min_size == (40, 48) and info.value.image_size == (40, 47)
+    # Dynamic exports made before the limits were recorded state their smallest width in input_size.
+    legacy = tiny_stereo_onnx(tmp_path / "legacy.onnx", padded_inside=True, confidence=False,
+                              meta={"stereo_depth_ros.input_size": "dynamic, width >= 192"})
+    estimator = create_estimator("onnxruntime", model_path=str(legacy), providers=["CPUExecutionProvider"])
+    with pytest.raises(OnnxInputSizeError, match="at least 192x32"):
+        estimator.estimate(*pair(64, 160))
+    # The export's iterations are fixed: the settable `iters` accepts only that count.
+    estimator.iters = 8
+    with pytest.raises(ValueError, match="fixed 8 iterations"):
+        estimator.iters = 4
+
+
+def test_onnx_default_providers_start_quietly_and_log_the_one_in_use(tmp_path):
+    """No "EP Error" blocks for providers that cannot load here (onnxruntime-gpu lists CUDA/TensorRT anyway)."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    path = tiny_stereo_onnx(tmp_path / "tiny.onnx", padded_inside=True)
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s'); "
+            "from stereo_depth_ros.inference import create_estimator; "
+            "e = create_estimator('onnxruntime', model_path=sys.argv[1]); print('RUNS', e.providers[0])")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    used = result.stdout.split("RUNS ")[1].strip()
+    assert "EP Error" not in output and "Falling back" not in output and "Failed to load library" not in output, output
+    assert len(re.findall(rf"onnxruntime runs tiny.onnx on {used}", output)) == 1, output
+
+
+def test_provider_selection_names_why_providers_cannot_run():
+    from stereo_depth_ros.inference.onnx_backend import DEFAULT_PROVIDERS, select_providers
+
+    unusable = {"CUDAExecutionProvider": "no CUDA driver", "TensorrtExecutionProvider": "no CUDA driver"}
+    assert select_providers(None, list(DEFAULT_PROVIDERS), unusable) == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="CUDAExecutionProvider: no CUDA driver"):
+        select_providers(["CUDAExecutionProvider"], list(DEFAULT_PROVIDERS), unusable)
+
+
+def test_onnx_backend_runs_without_torch(tmp_path):
+    """The robot may have onnxruntime and no PyTorch: the backend's pad split (stereo_depth_ros.pad_split) and
+    everything else it imports must not need torch."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    path = tiny_stereo_onnx(tmp_path / "fixed.onnx", height=64, width=96, padded_inside=False)
+    code = ("import sys; sys.modules['torch'] = None  # any `import torch` now fails\n"
+            "import numpy as np\n"
+            "from stereo_depth_ros.inference import create_estimator\n"
+            "from stereo_depth_ros.pad_split import pad_lrtb\n"
+            "est = create_estimator('onnxruntime', model_path=sys.argv[1], providers=['CPUExecutionProvider'])\n"
+            "left = np.arange(50 * 70 * 3, dtype=np.float32).reshape(50, 70, 3) % 251 + 1\n"
+            "out = est.estimate(left, left)\n"
+            "assert out.disparity.shape == (50, 70) and np.allclose(out.disparity, left.mean(axis=2), rtol=1e-6)\n"
+            "assert pad_lrtb(50, 70) == (13, 13, 7, 7)\n"
+            "print('ok without torch')")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "ok without torch" in result.stdout, result.stdout + result.stderr

@@ -80,6 +80,9 @@ def test_missing_params_file(tmp_path):
     ({"sgbm_block_size": 4}, "parameter sgbm_block_size"),
     ({"backend": "onnxruntime", "model_path": "weights/x.pth"}, "needs a .onnx file"),
     ({"model_path": ""}, "parameter model_path: required"),
+    ({"backend": "opencv_sgbm", "latency_budget_ms": 50}, "parameter latency_budget_ms: only the torch backend"),
+    ({"latency_budget_ms": -1.0}, "parameter latency_budget_ms: must be a finite number >= 0"),
+    ({"latency_budget_ms": float("inf")}, "parameter latency_budget_ms"),
 ])
 def test_invalid_values_name_the_parameter(values, match):
     cfg = NodeConfig.from_dict(values)
@@ -123,3 +126,10 @@ def test_int_accepted_for_float_and_estimator_options():
     assert estimator_options(NodeConfig.from_dict({"iters": 0}))["iters"] is None
     assert estimator_options(NodeConfig(backend="opencv_sgbm")) == {"max_disparity": 192, "block_size": 5}
     assert estimator_options(NodeConfig(backend="onnxruntime"))["providers"][-1] == "CPUExecutionProvider"
+
+
+def test_latency_budget_reaches_the_torch_backend_only_when_set():
+    assert "latency_budget_ms" not in estimator_options(NodeConfig())  # today's TorchEstimator keeps loading
+    cfg = NodeConfig.from_dict({"latency_budget_ms": 40})  # an int is accepted
+    assert cfg.latency_budget_ms == 40.0 and estimator_options(cfg)["latency_budget_ms"] == 40.0
+    NodeConfig.from_dict({"backend": "opencv_sgbm", "latency_budget_ms": 0}).validate(check_files=False)

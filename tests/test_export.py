@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from file_modes import assert_new_file_modes
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -44,6 +45,7 @@ def fixed_fp32(tmp_path_factory):
 def test_fp32_export_matches_pytorch_and_carries_the_node_metadata(fixed_fp32):
     out, proc, report = fixed_fp32
     assert out.is_file() and not list(out.parent.glob("*.partial*"))
+    assert_new_file_modes(out)  # a deployed model must be readable by the node's user (0644 under umask 022)
     assert report["max_abs_px"] <= 1e-3 and {c["input"] for c in report["verification"]} == {"random", "motorcycle"}
     assert "verify motorcycle" in proc.stderr  # the verification is printed
     graph = onnx.load(str(out))
@@ -80,18 +82,31 @@ def test_node_onnxruntime_backend_runs_the_export_like_the_torch_backend(fixed_f
         assert np.abs(a.confidence - b.confidence).max() <= 1e-3
 
 
-def test_dynamic_export_runs_at_other_sizes(tmp_path):
-    out = tmp_path / "dynamic.onnx"
-    # Traced at width max_disp (192): the cost volume's shift count is fixed by the trace (see export.py).
-    proc, report = _export(out, "--dynamic", "--height", "48", "--width", "96")
-    assert "accepts widths >= 192" in proc.stderr
-    sizes = {(c["height"], c["width"]) for c in report["verification"]}
-    assert sizes == {(48, 192), (61, 211)} and report["max_abs_px"] <= 1e-3
+def test_dynamic_export_at_width_160_runs_at_every_width_from_32_like_pytorch(tmp_path):
+    """Narrower than max_disp (192): the traced cost volume must not freeze its shift count at the trace width."""
     from stereo_depth_ros.inference import create_estimator
+    from stereo_depth_ros.inference.onnx_backend import OnnxInputSizeError
 
-    est = create_estimator("onnxruntime", model_path=str(out), providers=["CPUExecutionProvider"])
-    for h, w in ((40, 200), (70, 230)):
-        assert est.estimate(*_motorcycle(h, w)).disparity.shape == (h, w)
+    out = tmp_path / "dynamic.onnx"
+    proc, report = _export(out, "--dynamic", "--height", "48", "--width", "160", "--tolerance", "1e-4")
+    sizes = {(c["height"], c["width"]) for c in report["verification"]}
+    assert sizes == {(48, 160), (61, 179)} and report["max_abs_px"] <= 1e-4, report
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert (meta["stereo_depth_ros.min_height"], meta["stereo_depth_ros.min_width"]) == ("32", "32")
+
+    onnx_est = create_estimator("onnxruntime", model_path=str(out), providers=["CPUExecutionProvider"])
+    torch_est = create_estimator("torch", model="rt_igev", model_path=str(FIXTURE), device="cpu", iters=ITERS,
+                                 with_confidence=False)
+    for h, w in ((32, 32), (40, 100), (45, 150)):
+        left, right = _motorcycle(h, w)
+        a, b = onnx_est.estimate(left, right).disparity, torch_est.estimate(left, right).disparity
+        assert a.shape == (h, w)
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+        assert np.nanmax(np.abs(a - b)) <= 1e-4, (h, w, np.nanmax(np.abs(a - b)))
+    # Below the recorded limit the backend refuses before onnxruntime runs, with an exception of its own.
+    with pytest.raises(OnnxInputSizeError, match="needs images of at least 32x32; the images are 64x31") as info:
+        onnx_est.estimate(*_motorcycle(31, 64))
+    assert info.value.min_size == (32, 32) and info.value.fixed_size is None
 
 
 def test_fp16_export_runs_in_onnxruntime_close_to_fp32(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from file_modes import assert_new_file_modes
 from stereo_distill import cli
 from stereo_distill.datasets import open_dataset
 from stereo_distill.extract import Frame, match_frames
@@ -173,6 +174,7 @@ def test_pairs_pixels_stamps_and_camera_info(bag, kind, tmp_path, capsys):
         meta = json.loads((out / sample.name / "meta.json").read_text())
         assert (meta["left_stamp_ns"], meta["right_stamp_ns"]) == all_stamps[i]
         assert meta["left_frame_id"] == "left_optical"
+    assert_new_file_modes(out)  # PNGs, meta.json, camera_info.yaml: 0644 under umask 022
     cal = data[0].calibration
     assert cal is not None and cal.fx == 50.0 and cal.baseline == pytest.approx(0.1)
 

@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
+from file_modes import assert_new_file_modes
 from stereo_distill import cli
 from stereo_distill.datasets import open_dataset, write_image
 from stereo_distill.label import Thresholds, consistency_mask, label_batch
@@ -139,6 +141,7 @@ def test_labels_equal_predict_and_manifest(weights, teacher, tmp_path, capsys):
         assert valid.dtype == np.uint8 and set(np.unique(valid)) <= {0, 255}
         np.testing.assert_array_equal(valid == 255, reference_mask(expected, mirrored, 1.5, 0.0, MAX_DISP))
         assert manifest["samples"][sample.name]["valid_share"] == pytest.approx((valid == 255).mean(), abs=1e-6)
+    assert_new_file_modes(out)  # labels, masks, manifest: readable by others (0644 under umask 022)
 
 
 def test_changed_settings_are_refused(weights, tmp_path, capsys):

@@ -209,6 +209,15 @@ def _broken_pairs(rc):
         p[0] = float("nan")
         ri.p = p
 
+    def absurd_focal(left, right, li, ri):  # finite in float64, beyond the DisparityImage's float32 f
+        for info in (li, ri):
+            p = list(info.p)
+            p[0] = p[5] = 1e300
+            info.p = p
+
+    def right_info_other_size(left, right, li, ri):  # the left camera_info is right, the right one is not
+        ri.width, ri.height = 2 * ri.width, 2 * ri.height
+
     def tiny():
         stamp = rc.stamps.next()
         small = motorcycle_rig(741)
@@ -239,6 +248,9 @@ def _broken_pairs(rc):
         ("too_small", tiny, r"image 16x16 is too small", False),
         ("degenerate_projection", variant(degenerate), r"degenerate camera_info .*P\[0,3\] is 0", True),
         ("nan_focal", variant(nan_focal), r"degenerate camera_info .*NaN", True),
+        ("absurd_focal", variant(absurd_focal), r"degenerate camera_info .*beyond float32", True),
+        ("right_info_other_size", variant(right_info_other_size),
+         r"right camera_info is for \d+x\d+ but the images are", True),
         ("duplicate_stamp", duplicate, r"(left|right) image dropped, duplicated stamp", None),
         ("out_of_order_stamp", out_of_order, r"(left|right) image dropped, out-of-order stamp", False),
     ]
@@ -272,6 +284,26 @@ def test_every_bad_input_is_survived(sgbm):
                 failures.append(f"{name}: {len(copies)} outputs for one stamp")
     assert not failures, "\n".join(failures) + "\nnode log:\n" + node.log()[-4000:]
     assert len(re.findall(r"Traceback", node.log())) == 0
+
+
+def test_stamps_far_ahead_do_not_poison_the_stream(sgbm):
+    # issue 12, hidden fuzz: unpaired left images and camera_infos stamped far in the future used to fill the
+    # queues for good (every real arrival was evicted as the smallest stamp): no pair, or no depth, ever after.
+    node, rc = sgbm
+    seen_log = len(node.log())
+    ahead = rc.stamps.next()
+    for k in range(8):
+        stamp = stamp_from_seconds(ahead.sec + 1e6 + k * 0.1)
+        left, _, left_info, right_info = rc.pair(stamp)
+        rc.client.pub["left_image"].publish(left)
+        rc.client.pub["left_info"].publish(left_info)
+        rc.client.pub["right_info"].publish(right_info)
+    time.sleep(0.3)
+    for _ in range(3):
+        depth = rc.expect_output(rc.publish_valid(), "depth")
+        assert np.isfinite(float_image(depth)).any()
+    assert node.wait_for_log_regex(r"stamped \d+\.\d+ s dropped unpaired: .* ahead of the stream", TIMEOUT,
+                                   start=seen_log), node.log()[-3000:]
 
 
 def test_stream_without_camera_info_publishes_disparity_only(tmp_path):
@@ -331,7 +363,11 @@ def test_torch_backend_with_fixture_weights(tmp_path):
     ({"backend": "torch", "model_path": "/nonexistent/student.pth"}, r"parameter model_path: file .* not found"),
     ({"backend": "opencv_sgbm", "max_disparty": 64}, r"unknown parameter\(s\) max_disparty"),
     ({"backend": "opencv_sgbm", "queue_size": "five"}, r"parameter queue_size: expected int"),
-], ids=["unknown_backend", "negative_iters", "missing_model", "unknown_name", "wrong_type"])
+    ({"backend": "opencv_sgbm", "latency_budget_ms": 30.0}, r"parameter latency_budget_ms: only the torch backend"),
+    ({"backend": "opencv_sgbm", "qos_overrides./left/image_rect.subscription.reliability": "sometimes"},
+     r"QoS override: .*reliability.*sometimes"),
+], ids=["unknown_backend", "negative_iters", "missing_model", "unknown_name", "wrong_type", "budget_not_torch",
+        "bad_qos_override"])
 def test_bad_startup_parameters_exit_with_one_message(tmp_path, params, message):
     env = node_env(tmp_path)
     with start_node(tmp_path, env, params) as node:

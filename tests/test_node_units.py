@@ -96,3 +96,27 @@ def test_throttle_is_per_key():
     assert throttle.ready("a", now=0.0) and throttle.ready("b", now=0.1)
     assert not throttle.ready("a", now=4.9)
     assert throttle.ready("a", now=5.1)
+
+
+def test_throttle_memory_is_bounded():
+    # issue 12, hidden fuzz: 400 pairs with 400 different bad encodings grew the node by 120-150 MB, one entry
+    # per distinct warning text kept forever.
+    throttle = Throttle(period=5.0, max_keys=64)
+    for k in range(10_000):
+        assert throttle.ready(f"image:left:unsupported image encoding 'enc{k}'", now=1.0 + k * 1e-4)
+    assert len(throttle) <= 65
+    # Recent keys still throttle; a key whose period is over is forgotten.
+    assert not throttle.ready("image:left:unsupported image encoding 'enc9999'", now=2.5)
+    assert throttle.ready("image:left:unsupported image encoding 'enc9999'", now=10.0)
+    assert len(throttle) == 1
+
+
+def test_frame_stats_idle_iterations_and_budget_misses():
+    stats = FrameStats(window=5.0)
+    stats.pair_idle()
+    stats.pair_published(latency_s=0.01, inference_s=0.01, valid_share=1.0, iterations=6, budget_missed=False)
+    stats.pair_published(latency_s=0.01, inference_s=0.01, valid_share=1.0, iterations=1, budget_missed=True)
+    snap = stats.snapshot()
+    assert (snap["idle_pairs"], snap["iterations"], snap["budget_misses"]) == (1, 1, 1)
+    stats.pair_published(latency_s=0.01, inference_s=0.01, valid_share=1.0)
+    assert stats.snapshot()["iterations"] == "none"

@@ -45,6 +45,8 @@ def stamps(frames):
 
 
 def make(impl, **kwargs):
+    """A synchroniser collecting its frames; no first-pair wait for camera_info unless a test asks for one."""
+    kwargs.setdefault("info_wait_seconds", 0.0)
     frames = []
     sync = StereoSynchronizer(frames.append, implementation=impl, **kwargs)
     assert sync.implementation == impl
@@ -239,3 +241,97 @@ def test_builtin_matches_message_filters_on_a_messy_stream(approximate, toleranc
         assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(pairs, pairs[1:])), "output went backwards"
     assert len(results["builtin"]) > 20
     assert results["builtin"] == results["message_filters"]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_first_pair_waits_for_a_late_camera_info(impl):
+    # image_transport's CameraPublisher sends the image before its camera_info: the first pair must not go
+    # out without depth just because its camera_info is a few milliseconds behind.
+    clock = FakeClock()
+    sync, frames = make(impl, info_wait_seconds=0.5, clock=clock)
+    sync.add_left_image(image(T0))
+    sync.add_right_image(image(T0, "right"))
+    assert frames == [] and sync.pending()
+    clock.now += 0.01
+    sync.poll()
+    sync.add_left_info(info(T0))
+    assert frames == []
+    sync.add_right_info(info(T0, "right"))
+    assert len(frames) == 1 and frames[0].left_info is not None and frames[0].right_info is not None
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_first_pair_goes_out_without_camera_info_after_the_wait(impl):
+    clock = FakeClock()
+    sync, frames = make(impl, info_wait_seconds=0.5, clock=clock)
+    sync.add_left_image(image(T0))
+    sync.add_right_image(image(T0, "right"))
+    clock.now += 0.49
+    sync.poll()
+    assert frames == []
+    clock.now += 0.02
+    sync.poll()  # no further pair needed: the timer releases it
+    assert len(frames) == 1 and frames[0].left_info is None and frames[0].right_info is None
+    # The stream has no camera_info: later pairs are not held back.
+    sync.add_left_image(image(T0 + PERIOD))
+    sync.add_right_image(image(T0 + PERIOD, "right"))
+    assert len(frames) == 2 and not sync.pending()
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("approximate", [False, True])
+def test_unpaired_images_stamped_far_ahead_do_not_block_the_stream(impl, approximate):
+    warnings = []
+    sync, frames = make(impl, approximate=approximate, tolerance_seconds=0.01, queue_size=3,
+                        warn=lambda kind, message: warnings.append(message))
+    future = T0 + 10**6 * 10**9  # about 11 days ahead
+    for k in range(5):
+        sync.add_left_image(image(future + k * PERIOD))
+    for k in range(1, 8):
+        t = T0 + k * PERIOD
+        sync.add_left_image(image(t))
+        sync.add_right_image(image(t, "right"))
+    assert stamps(frames) == [(T0 + k * PERIOD,) * 2 for k in range(1, 8)]
+    assert any("left image stamped" in w and "ahead of the stream" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_camera_info_stamped_far_ahead_does_not_starve_later_pairs(impl):
+    warnings = []
+    sync, frames = make(impl, queue_size=3, warn=lambda kind, message: warnings.append(message))
+    future = T0 + 10**6 * 10**9
+    for k in range(5):
+        sync.add_left_info(info(future + k * PERIOD))
+        sync.add_right_info(info(future + k * PERIOD, "right"))
+    for k in range(1, 6):
+        t = T0 + k * PERIOD
+        sync.add_left_info(info(t))
+        sync.add_right_info(info(t, "right"))
+        sync.add_left_image(image(t))
+        sync.add_right_image(image(t, "right"))
+    assert len(frames) == 5
+    assert all(f.left_info is not None and f.right_info is not None for f in frames)
+    assert any("camera_info stamped" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_a_pair_stamped_far_ahead_does_not_stop_the_stream_for_good(impl):
+    warnings = []
+    sync, frames = make(impl, warn=lambda kind, message: warnings.append(message))
+    future = T0 + 10**6 * 10**9
+    sync.add_left_image(image(future))
+    sync.add_right_image(image(future, "right"))
+    for k in range(1, 4):
+        t = T0 + k * PERIOD
+        sync.add_left_image(image(t))
+        sync.add_right_image(image(t, "right"))
+    assert stamps(frames)[1:] == [(T0 + k * PERIOD,) * 2 for k in range(1, 4)]
+    assert any("jumped back" in w for w in warnings), warnings

@@ -19,6 +19,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from file_modes import assert_new_file_modes  # noqa: E402
 from stereo_distill.augment import AugmentConfig, augment  # noqa: E402
 from stereo_distill.toy import motorcycle_crops, write_data, write_label  # noqa: E402
 
@@ -94,6 +95,7 @@ def test_few_steps_decrease_the_loss_and_checkpoint_loads(toy, tmp_path):
     assert {"model", "config", "step", "optimizer", "scheduler", "rng", "data_position"} <= set(ckpt)
     assert ckpt["step"] == 3 and (out / "checkpoints" / "step_00000003.pth").is_file()
     assert any((out / "tb").iterdir())
+    assert_new_file_modes(out / "checkpoints")  # 0644 under umask 022, not mkstemp's 0600
     before = _fixed_batch_loss(None if _student() == "none" else _student(), toy)
     after = _fixed_batch_loss(str(last), toy)
     assert after < before, (before, after)

@@ -3,8 +3,9 @@
 The graph takes "left" and "right" float32 [1,3,H,W] RGB 0..255 and returns "disparity" float32 [1,1,H,W]
 (and "confidence" [1,1,H,W] in 0..1 unless --no-confidence);
 padding to a multiple of 32 (edge replication, as the PyTorch model's `predict`) happens inside the graph.
-Input size: fixed at export (--height/--width, default 480x640) or dynamic (--dynamic; any height, widths from
-max_disp up, because the traced cost volume keeps its number of shifts).
+Input size: fixed at export (--height/--width, default 480x640) or dynamic (--dynamic: any size from 32x32; the
+cost volume is traced in a form that records no width, see models/cost_volume.py). The metadata records the
+limits (min_height, min_width, size_divisor) that the node's onnxruntime backend checks before running.
 Precision fp16 stores weights and runs the network in float16 behind float32 inputs/outputs.
 The file is written only after onnxruntime has run it and matched PyTorch within --tolerance.
 """
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from stereo_depth_ros.pad_split import MIN_SIDE
 
 from .cli import CliError
 from .provenance import sha256_file
@@ -53,7 +56,7 @@ def _export_module(model, iters: int, dtype, confidence: bool = False):
     import torch
     import torch.nn.functional as F
 
-    from stereo_depth_ros.models.padding import pad_lrtb
+    from stereo_depth_ros.pad_split import pad_lrtb
 
     class StereoExport(torch.nn.Module):
         def __init__(self) -> None:
@@ -205,8 +208,6 @@ def verify(path: Path, reference_model, iters: int, sizes: list[tuple[int, int]]
 
 # ------------------------------------------------------------------------------------------------------ run
 def run(args) -> int:
-    import torch
-
     from stereo_depth_ros.atomic_io import atomic_path
     from stereo_depth_ros.models import load_model
 
@@ -215,8 +216,8 @@ def run(args) -> int:
     if (args.height is None) != (args.width is None):
         raise CliError("give both --height and --width (or neither: 480 x 640)")
     height, width = (args.height, args.width) if args.height else (480, 640)
-    if height < 32 or width < 32:
-        raise CliError(f"input size {height}x{width} is too small (at least 32x32)")
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise CliError(f"input size {height}x{width} is too small (at least {MIN_SIDE}x{MIN_SIDE})")
     if args.iters is not None and args.iters < 1:
         raise CliError(f"--iters must be >= 1, got {args.iters}")
     model_path = Path(args.model)
@@ -235,13 +236,6 @@ def run(args) -> int:
     model.eval()
     reference.eval()
     iters = args.iters or model.config.valid_iters
-    max_disp = model.config.max_disp
-    if args.dynamic and width < max_disp:
-        # The cost volume loops over min(max_disp, width) / 4 shifts; tracing records that count as a constant,
-        # so a dynamic graph is only right for widths >= max_disp. Trace and verify in that range.
-        print(f"note: dynamic export traced at width {max_disp} (>= max_disp); it accepts widths >= {max_disp}",
-              file=sys.stderr)
-        width = max_disp
     half = args.precision == "fp16"
 
     start = time.perf_counter()
@@ -259,7 +253,11 @@ def run(args) -> int:
             META_PREFIX + "iters": str(iters),
             META_PREFIX + "model": "rt_igev",
             META_PREFIX + "precision": args.precision,
-            META_PREFIX + "input_size": f"dynamic, width >= {max_disp}" if args.dynamic else f"{height}x{width}",
+            META_PREFIX + "input_size": "dynamic" if args.dynamic else f"{height}x{width}",
+            # What the node's onnxruntime backend checks before running (see its ExportLimits).
+            META_PREFIX + "min_height": str(MIN_SIDE if args.dynamic else height),
+            META_PREFIX + "min_width": str(MIN_SIDE if args.dynamic else width),
+            META_PREFIX + "size_divisor": "1",  # the graph pads to the networks' stride itself
             META_PREFIX + "source_sha256": sha256_file(model_path),
             META_PREFIX + "config": json.dumps(dataclasses.asdict(model.config), sort_keys=True),
             META_PREFIX + "exporter": exporter,

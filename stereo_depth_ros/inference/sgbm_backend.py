@@ -25,6 +25,7 @@ class SgbmEstimator(StereoEstimator):
     """
 
     name = "opencv_sgbm"
+    has_iterations = False  # no refinement loop: `iters` stays None
 
     def __init__(self, max_disparity: int = 192, block_size: int = 5, uniqueness_ratio: int = 10,
                  speckle_window: int = 100, speckle_range: int = 2, lr_max_diff: float = 1.0,
@@ -37,7 +38,9 @@ class SgbmEstimator(StereoEstimator):
                  "hh": cv2.STEREO_SGBM_MODE_HH}
         if mode not in modes:
             raise ValueError(f"unknown SGBM mode {mode!r}; expected one of {sorted(modes)}")
+        # OpenCV searches a multiple of 16: this is the range really searched (the DisparityImage reports it).
         self.num_disparities = int(-(-max_disparity // 16) * 16)
+        self.disparity_range = self.num_disparities
         self.lr_max_diff = float(lr_max_diff)
         area = block_size * block_size
         self.matcher = cv2.StereoSGBM_create(

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from stereo_depth_ros.pad_split import MIN_SIDE, PAD_DIVISOR
 
 from .blocks import Conv2x, ConvNormAct, instance_norm_stem
 from .config import PRECISIONS, IGEVConfig
@@ -29,7 +32,6 @@ from .geometry import GeometryEncoding
 from .padding import InputPadder
 from .upsample import context_upsample
 
-PAD_DIVISOR = 32
 COST_VOLUME_GROUPS = 8
 # Confidence: probability mass of the initial disparity distribution within this many 1/4-res planes of the
 # final disparity (see IGEVBase.predict).
@@ -58,6 +60,7 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
+        self._input_range_checked = False  # see predict: the 0..1 check runs until one image decides it
 
         self.feature = Feature()
         self.stem_2 = instance_norm_stem(3, 32, stride=2)
@@ -222,11 +225,17 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
         matching cost agrees with the answer; spread, multi-modal or contradicted distributions score low.
         It is computed at 1/4 resolution and brought to full resolution with the same convex weights as the
         disparity. Padding to a multiple of 32 (edge replication) happens here, as in upstream's evaluation.
+        Images smaller than 32 px on a side raise ValueError; float images with values in 0..1 get one warning.
         """
         if left.ndim != 4 or left.shape[1] != 3 or left.shape != right.shape:
             raise ValueError(
                 f"left and right must both be [B, 3, H, W] of the same shape, got {list(left.shape)} and {list(right.shape)}"
             )
+        height, width = left.shape[-2:]
+        if height < MIN_SIDE or width < MIN_SIDE:
+            raise ValueError(f"images of {width}x{height} are too small: the networks need at least "
+                             f"{MIN_SIDE}x{MIN_SIDE} (their coarsest features are 1/{PAD_DIVISOR} of the image)")
+        self._check_input_range(left, right)
         device = self.classifier.weight.device
         padder = InputPadder(left.shape, PAD_DIVISOR)
         left, right = padder.pad(left.to(device), right.to(device))
@@ -242,3 +251,18 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
         if not return_confidence:
             return disp
         return disp, padder.unpad(result.confidence).to(out_dtype)
+
+    def _check_input_range(self, left: torch.Tensor, right: torch.Tensor) -> None:
+        """Warn once when float images look like 0..1 (the networks expect 0..255 and would see near-black).
+
+        Runs until an image with a non-zero maximum decides it, so that a warm-up on black images does not use it
+        up, and then never again: reading the maximum waits for the device, which a per-frame caller must not pay.
+        """
+        if self._input_range_checked or not left.is_floating_point():
+            return
+        peak = float(torch.maximum(left.amax(), right.amax()))
+        if peak > 0.0:
+            self._input_range_checked = True
+        if 0.0 < peak <= 1.0:
+            warnings.warn(f"predict: the images' values reach only {peak:.3g}; the networks expect RGB 0..255 "
+                          "(multiply 0..1 images by 255)", stacklevel=3)

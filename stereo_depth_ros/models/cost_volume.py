@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocks import ConvNormAct, FeatureAtt
@@ -16,7 +17,11 @@ def build_gwc_volume(left: torch.Tensor, right: torch.Tensor, max_disp: int, num
     over each group's channels of left[..., x] * right[..., x - d]; columns x < d have no partner and stay 0.
     Filled plane by plane into one preallocated tensor: a vectorised product over all shifts would need
     C/G times the volume's memory, which does not fit for the teacher's large images.
+
+    While tracing (the ONNX export) the same volume is built by `_traceable_gwc_volume`, which records no width.
     """
+    if torch.jit.is_tracing():
+        return _traceable_gwc_volume(left, right, max_disp, num_groups)
     b, c, h, w = left.shape
     if c % num_groups:
         raise ValueError(f"{c} feature channels cannot be split into {num_groups} groups")
@@ -25,6 +30,25 @@ def build_gwc_volume(left: torch.Tensor, right: torch.Tensor, max_disp: int, num
         product = left[..., d:] * right[..., : w - d]
         volume[:, :, d, :, d:] = product.view(b, num_groups, c // num_groups, h, w - d).mean(dim=2)
     return volume
+
+
+def _traceable_gwc_volume(left: torch.Tensor, right: torch.Tensor, max_disp: int, num_groups: int) -> torch.Tensor:
+    """`build_gwc_volume` for tracing: right zero-padded by max_disp - 1 columns, plane d a window of it.
+
+    The loop above runs min(max_disp, width) times and slices with `w - d`; a tracer freezes that count, so a
+    dynamic-size graph traced at one width breaks at narrower ones. Here every plane reads a window of the padded
+    right features at a constant offset, with the traced width only as the window's length, and columns x < d
+    meet the zero padding: the same volume at every width. Kept out of eager mode because the different memory
+    layout changes float rounding (~1e-7), and the eager path reproduces upstream to 0.0 px.
+    """
+    w = left.shape[-1]
+    padded = F.pad(right, (max_disp - 1, 0))
+    planes = []
+    for d in range(max_disp):
+        start = max_disp - 1 - d
+        product = left * padded[..., start:start + w]  # right[..., x - d], zero where x < d
+        planes.append(product.unflatten(1, (num_groups, -1)).mean(dim=2))
+    return torch.stack(planes, dim=2)
 
 
 def disparity_regression(prob: torch.Tensor) -> torch.Tensor:

@@ -4,15 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from stereo_depth_ros.pad_split import PAD_DIVISOR, pad_lrtb
 
-def pad_lrtb(height, width, divisor: int = 32):
-    """(left, right, top, bottom) padding to a multiple of `divisor`, the odd pixel right/bottom.
-
-    Plain integer arithmetic, so that it also works on traced sizes (the ONNX export pads inside its graph).
-    """
-    pad_h = -height % divisor
-    pad_w = -width % divisor
-    return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
+__all__ = ["InputPadder", "pad_lrtb"]
 
 
 class InputPadder:
@@ -22,7 +16,7 @@ class InputPadder:
     a zero border, and `unpad` crops exactly the padded rows/columns off a full-resolution output.
     """
 
-    def __init__(self, shape: torch.Size | tuple[int, ...], divisor: int = 32) -> None:
+    def __init__(self, shape: torch.Size | tuple[int, ...], divisor: int = PAD_DIVISOR) -> None:
         self.height, self.width = int(shape[-2]), int(shape[-1])
         self.pad_lrtb = pad_lrtb(self.height, self.width, divisor)  # F.pad order
 

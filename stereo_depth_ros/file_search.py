@@ -1,0 +1,76 @@
+"""Where a relative model or params path is looked for, so that the node and the launch file work from any
+working directory. One order, used by the node's parameter check (`model_path`) and by `stereo.launch.py`
+(`params_file`):
+
+1. the working directory: `./PATH`;
+2. the installed package's share folder, `<prefix>/share/stereo_depth_ros/PATH`, in each prefix of
+   AMENT_PREFIX_PATH that has the package (a `colcon build` install, the venv that `make venv` builds; an
+   overlay before its underlays);
+3. the source checkout the package runs from, `<checkout>/PATH` (an editable install such as `make venv`'s);
+4. model files only, the `weights/` folder of 2 and 3: `<share>/weights/PATH`, `<checkout>/weights/PATH`.
+
+The first existing file wins. Absolute paths (and `~`) are used as given. When nothing is found,
+`FileSearchError` lists every place looked. Standard library only: the launch file runs it in `ros2 launch`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE = "stereo_depth_ros"
+KINDS = ("model", "params")
+
+
+class FileSearchError(FileNotFoundError):
+    """No file at any of the places looked; `looked_in` lists them in search order."""
+
+    def __init__(self, message: str, looked_in: list[Path]) -> None:
+        super().__init__(message)
+        self.looked_in = looked_in
+
+
+def share_directories() -> list[Path]:
+    """`<prefix>/share/stereo_depth_ros` of every ament prefix that has the package, in AMENT_PREFIX_PATH order.
+
+    Read like ament_index_python reads the index (the package's marker file under each prefix), without
+    importing it: ament_index_python.get_package_share_directory stops at the first prefix.
+    """
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    marker = Path("share", "ament_index", "resource_index", "packages", PACKAGE)
+    return [Path(p) / "share" / PACKAGE for p in prefixes if (Path(p) / marker).is_file()]
+
+
+def checkout_directory() -> Path | None:
+    """The source tree this package is imported from (it has package.xml beside the package), or None."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "package.xml").is_file() and (root / PACKAGE).is_dir() else None
+
+
+def search_locations(path: str | os.PathLike, kind: str = "model") -> list[Path]:
+    """Every place `path` is looked for, in order (see the module docstring)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    given = Path(path).expanduser()
+    if given.is_absolute():
+        return [given]
+    checkout = checkout_directory()
+    roots = share_directories() + ([checkout] if checkout is not None else [])
+    places = [Path.cwd() / given] + [root / given for root in roots]
+    if kind == "model" and given.parts[:1] != ("weights",):
+        places += [root / "weights" / given for root in roots]
+    unique: list[Path] = []
+    for place in places:
+        if place not in unique:
+            unique.append(place)
+    return unique
+
+
+def find_file(path: str | os.PathLike, kind: str = "model") -> Path:
+    """The first existing file among `search_locations(path, kind)`; raises FileSearchError naming them all."""
+    if not str(path):
+        raise FileSearchError(f"no {kind} file given", [])
+    places = search_locations(path, kind)
+    for place in places:
+        if place.is_file():
+            return place
+    raise FileSearchError(f"{str(path)!r} not found; looked in: {', '.join(str(p) for p in places)}", places)
