@@ -92,7 +92,6 @@ class TorchEstimator(StereoEstimator):
         self.budget_misses = 0
         self._uploader = PairUploader(self.device)
         self._compiled: Forward | None = None
-        self._host_checks_decided = False
         self.captures = CaptureCache(self._build_capture, max_entries=max_captures, mode=self.capture_mode)
 
     @property
@@ -167,18 +166,24 @@ class TorchEstimator(StereoEstimator):
         return StereoEstimate(disparity.cpu().numpy(), None if confidence is None else confidence.cpu().numpy(),
                               choice.iterations, choice.budget_missed)
 
-    def _forward(self, left: torch.Tensor, right: torch.Tensor, iters: int, with_confidence: bool) -> Outputs:
-        """The network on working-size float images [1, 3, h, w] -> disparity [h, w] (NaN where <= 0) and
-        confidence [h, w] in 0..1 (or None). This is what gets captured."""
+    def _network(self, left: torch.Tensor, right: torch.Tensor, iters: int, with_confidence: bool) -> Outputs:
+        """The network on float images [B, 3, h, w] -> disparity [B, h, w] (NaN where <= 0) and confidence
+        [B, h, w] in 0..1 (or None)."""
         result = self.model.predict(left, right, iters=iters, return_confidence=with_confidence)
         disp, conf = result if with_confidence else (result, None)
-        disparity = disp[0, 0].float()
+        disparity = disp[:, 0].float()
         # The network regresses a value everywhere; zero or negative disparity has no depth.
         disparity = disparity.masked_fill(~(disparity > 0), float("nan"))
-        return disparity, None if conf is None else conf[0, 0].float().clamp(0.0, 1.0)
+        return disparity, None if conf is None else conf[:, 0].float().clamp(0.0, 1.0)
+
+    def _forward(self, left: torch.Tensor, right: torch.Tensor, iters: int, with_confidence: bool) -> Outputs:
+        """One working-size pair [1, 3, h, w] -> disparity [h, w] and confidence [h, w] (or None). This is what
+        gets captured."""
+        disparity, confidence = self._network(left, right, iters, with_confidence)
+        assert disparity is not None
+        return disparity[0], None if confidence is None else confidence[0]
 
     def _build_capture(self, key: Hashable, forward: Forward, inputs: Sequence[torch.Tensor]) -> Forward:
-        self._decide_host_checks()
         if self.capture_mode == "cuda_graph":
             return CudaGraphForward(forward, inputs)
         if self._compiled is None:
@@ -186,16 +191,19 @@ class TorchEstimator(StereoEstimator):
         assert isinstance(forward, functools.partial)
         return CompiledForward(functools.partial(self._compiled, **forward.keywords), inputs)
 
-    def _decide_host_checks(self) -> None:
-        """Settle `predict`'s one-time input checks before the first capture.
+    def estimate_batch(self, lefts: Sequence[np.ndarray], rights: Sequence[np.ndarray]) -> list[StereoEstimate]:
+        """One eager forward pass for same-size pairs (`stereo-distill label --batch-size`); per pair as `estimate`
+        at the images' own size. Not captured: labelling batches are few and large, frames are many and small."""
+        if len(lefts) != len(rights) or any(image.shape != lefts[0].shape for image in (*lefts, *rights)):
+            raise ValueError("a batch needs as many left as right images, all of one shape")
 
-        `predict` looks at the value range of the first non-black input on the host (a device sync, which is not
-        allowed inside a CUDA graph capture) and never again afterwards. Our inputs are uint8 by construction, so
-        one small mid-grey pair decides it here; otherwise a black first frame (or the black warm-up) would reach
-        the capture with the check still pending and turn capturing off for good.
-        """
-        if self._host_checks_decided:
-            return
-        grey = torch.full((1, 3, 32, 32), 128.0, device=self.device)
-        self.model.predict(grey, grey, iters=1)
-        self._host_checks_decided = True
+        def batch_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
+            stacked = torch.from_numpy(np.stack([np.asarray(image) for image in images]))
+            return stacked.permute(0, 3, 1, 2).to(self.device, torch.float32)
+
+        with torch.no_grad():
+            disp, conf = self._network(batch_tensor(lefts), batch_tensor(rights), self.max_iterations,
+                                       bool(self.with_confidence))
+        assert disp is not None
+        return [StereoEstimate(disp[k].cpu().numpy(), None if conf is None else conf[k].cpu().numpy(),
+                               self.max_iterations, False) for k in range(disp.shape[0])]

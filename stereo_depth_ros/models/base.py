@@ -258,9 +258,12 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
         """Warn once when float images look like 0..1 (the networks expect 0..255 and would see near-black).
 
         Runs until an image with a non-zero maximum decides it, so that a warm-up on black images does not use it
-        up, and then never again: reading the maximum waits for the device, which a per-frame caller must not pay.
+        up, and then never again: reading the maximum waits for the device, which a per-frame caller must not pay,
+        and which a CUDA graph capture forbids (so a capture skips it; the captured graph never runs this code).
         """
         if self._input_range_checked or not left.is_floating_point():
+            return
+        if left.is_cuda and torch.cuda.is_current_stream_capturing():
             return
         peak = float(torch.maximum(left.amax(), right.amax()))
         if peak > 0.0:
