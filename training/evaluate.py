@@ -26,7 +26,8 @@ MODEL_NAMES = ("rt_igev", "selective_igev")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint (.pth, ours or official) or exported .onnx file")
+    parser.add_argument("--model", required=True,
+                        help="checkpoint (.pth, ours or official), exported .onnx file, or 'sgbm' (OpenCV baseline)")
     parser.add_argument("--arch", choices=("auto",) + MODEL_NAMES, default="auto",
                         help="network of a .pth checkpoint (auto: its saved config, else try rt_igev then "
                              "selective_igev)")
@@ -45,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto | cpu | cuda (torch models; cpu also keeps onnxruntime on its CPU provider)")
     parser.add_argument("--out", default=None, help="also write the metrics JSON here (atomically)")
     parser.add_argument("--compare", nargs=2, metavar=("TEACHER", "STUDENT_BEFORE"), default=None,
-                        help="also evaluate these two checkpoints on the same pairs and write a side-by-side picture")
+                        help="also evaluate these two (checkpoints, .onnx or sgbm) on the same pairs and write a "
+                             "side-by-side picture")
     parser.add_argument("--teacher-iters", type=int, default=None, help="GRU iterations of the --compare teacher")
     parser.add_argument("--teacher-max-disp", type=int, default=None,
                         help="max_disp of the --compare teacher (--max-disp applies to the students only)")
@@ -92,9 +94,16 @@ def load_predictor(path: str, arch: str = "auto", iters: int | None = None, max_
 
     ONNX files run through the node's onnxruntime estimator, so evaluation measures exactly what the node runs.
     """
+    from stereo_depth_ros.inference import source_kind
+
+    if source_kind(path) == "opencv_sgbm":  # the weight-free baseline (e.g. `make loop`'s teacher)
+        from stereo_depth_ros.inference import open_estimator
+
+        sgbm = open_estimator(path, max_disparity=max_disp)
+        return LoadedModel("opencv_sgbm", lambda l, r: sgbm.estimate(l, r).disparity)
     model_path = Path(path)
     if not model_path.is_file():
-        raise CliError(f"model file {model_path} does not exist")
+        raise CliError(f"model file {model_path} does not exist (or name 'sgbm' for the OpenCV baseline)")
     if model_path.suffix.lower() == ".onnx":
         from stereo_depth_ros.inference import create_estimator
 

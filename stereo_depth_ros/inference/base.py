@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -78,6 +79,11 @@ class StereoEstimator(abc.ABC):
         """Estimate at the working size width x height: disparity (and confidence) at that size, in its pixels."""
         work_left, work_right = resize_pair(left, right, width, height)
         return self.estimate(work_left, work_right)
+
+    def estimate_batch(self, lefts: Sequence[np.ndarray], rights: Sequence[np.ndarray]) -> list[StereoEstimate]:
+        """Several pairs of one size at once (offline labelling). This default runs them one by one; a backend
+        that batches on its device overrides it and returns what `estimate` would for each pair."""
+        return [self.estimate(left, right) for left, right in zip(lefts, rights)]
 
     def warmup(self, height: int, width: int) -> None:
         """Run once at the given size so the first real frame does not pay for lazy initialisation."""

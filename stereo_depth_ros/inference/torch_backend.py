@@ -6,6 +6,7 @@ confidence (`predict(..., return_confidence=True)`). Precision is handled inside
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,20 @@ class TorchEstimator(StereoEstimator):
         disparity[~(disparity > 0)] = np.nan
         confidence = None if conf is None else conf[0, 0].float().clamp(0, 1).cpu().numpy()
         return StereoEstimate(disparity=disparity, confidence=confidence)
+
+    def estimate_batch(self, lefts: Sequence[np.ndarray], rights: Sequence[np.ndarray]) -> list[StereoEstimate]:
+        """One forward pass for same-size pairs (`stereo-distill label --batch-size`); per pair as `estimate`."""
+        if len(lefts) != len(rights) or any(left.shape != lefts[0].shape for left in (*lefts, *rights)):
+            raise ValueError("a batch needs as many left as right images, all of one shape")
+        with torch.inference_mode():
+            result = self.model.predict(torch.cat([self._tensor(left) for left in lefts]),
+                                        torch.cat([self._tensor(right) for right in rights]),
+                                        iters=self.iters, return_confidence=self.with_confidence)
+        disp, conf = result if self.with_confidence else (result, None)
+        estimates = []
+        for k in range(disp.shape[0]):
+            disparity = disp[k, 0].float().cpu().numpy()
+            disparity[~(disparity > 0)] = np.nan
+            confidence = None if conf is None else conf[k, 0].float().clamp(0, 1).cpu().numpy()
+            estimates.append(StereoEstimate(disparity=disparity, confidence=confidence))
+        return estimates
