@@ -1,6 +1,6 @@
 """stereo_depth_node with a slow disk under its hard-pair capture, for tests/test_capture_node.py.
 
-Every sample write first sleeps SLOW_DISK_DELAY_S seconds (default 1.0), then writes for real. This is the one mock
+Every sample write first sleeps SLOW_DISK_DELAY_S seconds (default 0.5), then writes for real. This is the one mock
 of those tests: a disk that is reliably slow cannot be made here without root (dm-delay, a FUSE filesystem), and
 the delay must be the same on every run. Everything else (the node process, DDS, the writer thread, the files) is
 real. Run as the node: `python tests/slow_disk_node.py --ros-args -p ...`.
@@ -12,7 +12,7 @@ import time
 import stereo_depth_ros.capture as capture
 from stereo_depth_ros.node import main
 
-DELAY_S = float(os.environ.get("SLOW_DISK_DELAY_S", "1.0"))
+DELAY_S = float(os.environ.get("SLOW_DISK_DELAY_S", "0.5"))
 _write_sample = capture.write_sample
 
 

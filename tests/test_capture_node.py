@@ -193,7 +193,7 @@ def test_slow_capture_disk_never_stalls_the_output(tmp_path):
     folder = tmp_path / "captures"
     params = dict(SGBM, capture_dir=str(folder), capture_every_s=1e-6)  # every pair
     command = node_command(params)
-    command[1:3] = [str(REPO / "tests" / "slow_disk_node.py")]  # each sample write takes 1 s more
+    command[1:3] = [str(REPO / "tests" / "slow_disk_node.py")]  # each sample write takes 0.5 s more
     for node, rc in _serve(tmp_path, params, outputs=("disparity",), command=command):
         stamps = []
         start = time.monotonic()
@@ -203,11 +203,11 @@ def test_slow_capture_disk_never_stalls_the_output(tmp_path):
         rc.client.wait_for_stamp("disparity", stamps[-1], TIMEOUT)
         answered = sum(rc.client.received_at("disparity", stamp) is not None for stamp in stamps)
         values = _diagnostics(rc, lambda v: "captured_pairs" in v)
-        # Had capture waited for the disk (1 s a pair), at most 3 or 4 of the 20 pairs would be answered by now.
+        # Had capture waited for the disk (0.5 s a pair), about 5 of the 20 pairs would have been answered.
         assert answered >= 15, f"{answered} of 20 pairs answered; log:\n{node.log()}"
-        assert int(values["captured_pairs"]) <= 3 and int(values["capture_dropped"]) >= 8, values
+        assert int(values["captured_pairs"]) <= 6 and int(values["capture_dropped"]) >= 5, values
         # Every pair offered (with or without inference) is written or dropped and counted. While the stream ran,
-        # the writer held one pair and the queue QUEUE_PAIRS more, plus one for each write that finished (1 s).
+        # the writer held one pair and the queue QUEUE_PAIRS more, plus one for each write that finished (0.5 s).
         def settled(v):
             offered = int(v.get("processed_pairs", 0)) + int(v.get("idle_pairs", 0))
             return (v.get("capture_queued") == "0"
@@ -216,5 +216,5 @@ def test_slow_capture_disk_never_stalls_the_output(tmp_path):
         done = _diagnostics(rc, settled, timeout=3 * TIMEOUT)
         assert done is not None, node.log()
         captured = int(done["captured_pairs"])
-        assert QUEUE_PAIRS + 1 <= captured <= QUEUE_PAIRS + 1 + 3, done
+        assert QUEUE_PAIRS + 1 <= captured <= QUEUE_PAIRS + 1 + 5, done
         assert len(sample_names(folder)) == captured
