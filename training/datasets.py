@@ -6,7 +6,9 @@ file in that dataset's own encoding, and optionally the rectified calibration. L
 
 - ours (and InStereo2K, whose per-sample folders it copies): `DATA/<sample>/left.png`, `right.png`, optional
   `left_disp.png` (uint16, disparity x 100, 0 = invalid), optional `DATA/camera_info.yaml`. Sample folders may be
-  nested (InStereo2K as downloaded: `train/part*/<id>/`, `test/<id>/`); the name is the relative path.
+  nested (InStereo2K as downloaded: `train/part*/<id>/`, `test/<id>/`); the name is the relative path. The layout
+  is defined in `stereo_depth_ros.dataset_layout` (the node's hard-pair capture writes it too); hidden folders
+  (a writer's staging folders) are skipped.
 - Middlebury 2014 / MiddEval3: folders with `im0.png`, `im1.png`, optional `disp0GT.pfm` or `disp0.pfm`
   (inf = invalid), optional `calib.txt`.
 - KITTI 2015 (`image_2`, `image_3`, `disp_occ_0`) and KITTI 2012 (`colored_0`, `colored_1`, `disp_occ`):
@@ -26,35 +28,18 @@ from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
-import yaml
 
-from stereo_depth_ros.atomic_io import atomic_path, atomic_write_bytes
+from stereo_depth_ros.atomic_io import atomic_write_bytes
+# Our own layout (sample folders, camera_info.yaml, the image writer) is defined in the runtime package, which the
+# node's hard-pair capture writes with; re-exported here for the offline side.
+from stereo_depth_ros.dataset_layout import (CAMERA_INFO_FILE, DatasetError, camera_info_to_dict,
+                                             imwrite_atomic, read_camera_info, read_image, write_camera_info,
+                                             write_image)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
-CAMERA_INFO_FILE = "camera_info.yaml"
-
-
-class DatasetError(ValueError):
-    """A dataset or one of its files cannot be read; the message names the path."""
 
 
 # ---------------------------------------------------------------------------------------------------- file formats
-def read_image(path: str | Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3]; grey images are repeated over the three channels."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"cannot read image {path} (missing, truncated or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Atomically write uint8 RGB [H, W, 3] or grey [H, W] (or uint16 grey) as a lossless file chosen by suffix."""
-    image = np.ascontiguousarray(image)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    _imwrite_atomic(path, image)
-
-
 def read_scaled_disparity_png(path: str | Path, scale: float) -> np.ndarray:
     """uint16 PNG holding disparity * scale, 0 = invalid (InStereo2K: scale 100, KITTI: 256) -> float32, NaN invalid."""
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -73,7 +58,7 @@ def write_scaled_disparity_png(path: str | Path, disparity: np.ndarray, scale: f
     valid = np.isfinite(disparity) & (disparity > 0)
     raw = np.zeros(disparity.shape, np.uint16)
     raw[valid] = np.clip(np.round(disparity[valid] * scale), 1, 65535).astype(np.uint16)
-    _imwrite_atomic(path, raw)
+    imwrite_atomic(path, raw)
 
 
 def read_pfm(path: str | Path) -> np.ndarray:
@@ -118,12 +103,6 @@ def read_pfm_disparity(path: str | Path) -> np.ndarray:
         raise DatasetError(f"disparity PFM {path} must have one channel")
     disp[~np.isfinite(disp)] = np.nan
     return disp
-
-
-def _imwrite_atomic(path: str | Path, image: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise DatasetError(f"cannot encode image for {path}")
 
 
 # ----------------------------------------------------------------------------------------------------- calibration
@@ -190,42 +169,6 @@ def _projection(info: dict) -> list[float]:
                 raise DatasetError(f"camera info {key} must have 12 entries, got {len(data)}")
             return data
     raise DatasetError("camera info has no projection matrix")
-
-
-def camera_info_to_dict(msg) -> dict:
-    """A sensor_msgs/CameraInfo (rclpy or rosbags object) -> the camera_calibration_parsers YAML layout."""
-
-    def matrix(values, rows: int, cols: int) -> dict:
-        return {"rows": rows, "cols": cols, "data": [float(v) for v in values]}
-
-    distortion = [float(v) for v in msg.d]
-    return {
-        "image_width": int(msg.width),
-        "image_height": int(msg.height),
-        "camera_name": str(msg.header.frame_id),
-        "frame_id": str(msg.header.frame_id),
-        "camera_matrix": matrix(msg.k, 3, 3),
-        "distortion_model": str(msg.distortion_model),
-        "distortion_coefficients": matrix(distortion, 1, len(distortion)),
-        "rectification_matrix": matrix(msg.r, 3, 3),
-        "projection_matrix": matrix(msg.p, 3, 4),
-    }
-
-
-def write_camera_info(path: str | Path, left: dict, right: dict) -> None:
-    """DATA/camera_info.yaml: `{left: <calibration yaml>, right: <calibration yaml>}`, written atomically."""
-    text = yaml.safe_dump({"left": left, "right": right}, sort_keys=False)
-    atomic_write_bytes(path, text.encode())
-
-
-def read_camera_info(path: str | Path) -> tuple[dict, dict]:
-    try:
-        content = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise DatasetError(f"cannot read camera info {path}: {error}") from None
-    if not isinstance(content, dict) or not {"left", "right"} <= set(content):
-        raise DatasetError(f"camera info {path} must map 'left' and 'right' to calibration blocks")
-    return content["left"], content["right"]
 
 
 # ---------------------------------------------------------------------------------------------------------- sample
