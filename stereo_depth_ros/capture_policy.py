@@ -18,6 +18,11 @@ from __future__ import annotations
 import threading
 
 TRIGGER, CONFIDENCE, PERIODIC = "trigger", "confidence", "periodic"
+# The confidence a pixel needs to count as confident for capture_confidence_below when confidence_threshold is 0.
+# Both confidences in the project read 0.5 as a coin flip; SGBM's is 1 / (1 + left-right disagreement in px), so
+# 0.5 means the two views disagree by 1 px.
+DEFAULT_CONFIDENT_AT = 0.5
+
 # Besides the pixels: meta.json and, with the first pair, camera_info.yaml (about 2 KB together).
 FILES_RESERVE = 8192
 

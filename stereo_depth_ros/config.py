@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from stereo_depth_ros.capture_policy import DEFAULT_CONFIDENT_AT
+
 from stereo_depth_ros.file_search import FileSearchError, find_file
 
 BACKENDS = ("torch", "onnxruntime", "opencv_sgbm")
@@ -32,10 +34,6 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 ONNX_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 # What users tune while watching RViz; the node applies a change from the next pair on.
 RUNTIME_PARAMETERS = frozenset({"confidence_threshold", "iters", "publish_points", "publish_confidence"})
-# The confidence a pixel needs to count as confident for capture_confidence_below when confidence_threshold is 0.
-# Both confidences in the project read 0.5 as a coin flip; SGBM's is 1 / (1 + left-right disagreement in px), so
-# 0.5 means the two views disagree by 1 px.
-DEFAULT_CONFIDENT_AT = 0.5
 
 
 # Parameters every rclpy node owns (declared by rclpy itself): allowed in params files, not ours to check.

@@ -14,7 +14,7 @@ there is no camera geometry); confidence is computed only when it is requested, 
 `report_confident_share` is set (backends with a `with_confidence` switch skip it); depth and points only when
 requested. `report_confident_share` (the node's hard-pair capture on low confidence) adds
 `FrameResult.confident_share`: the share of pixels with a valid disparity and a confidence at or above
-`confidence_threshold` when that is > 0, else `config.DEFAULT_CONFIDENT_AT` (0.5).
+`confidence_threshold` when that is > 0, else `capture_policy.DEFAULT_CONFIDENT_AT` (0.5).
 
 Bad pairs raise `PairError(kind, message)` (kind groups warnings for throttling); camera_info that cannot give a
 geometry for these images is not an error: the frame gets disparity only and `FrameResult.camera_problem` says
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from stereo_depth_ros.camera_geometry import CameraGeometryError, StereoCamera
-from stereo_depth_ros.config import DEFAULT_CONFIDENT_AT
+from stereo_depth_ros.capture_policy import DEFAULT_CONFIDENT_AT
 from stereo_depth_ros.image_conversion import ImageConversionError, image_to_rgb
 from stereo_depth_ros.inference.base import StereoEstimator
 from stereo_depth_ros.postprocess import OutputBuffers, OutputRequest, Postprocessed, _RayCache, postprocess, rescale
