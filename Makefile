@@ -38,6 +38,7 @@ bench: venv
 	$(PY) bench/models.py
 	$(PY) bench/node.py
 	$(PY) bench/node_e2e.py transport
+	$(PY) bench/capture.py
 	$(PY) bench/train.py
 	$(PY) bench/export.py
 	$(PY) bench/label.py

@@ -44,23 +44,25 @@ def default_teacher(given: str | None) -> str | None:
 def throughput(args) -> int:
     import torch
 
-    from stereo_depth_ros.models import load_model
-    from stereo_depth_ros.models.images import rgb_batch
-    from stereo_distill.label import Thresholds, label_batch
+    from stereo_depth_ros.inference import create_estimator
     from stereo_devkit.motorcycle import motorcycle_pair
+    from stereo_distill.label import Thresholds, label_batch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     teacher = default_teacher(args.teacher)
     left, right = motorcycle_pair(args.height, args.width)
-    left_t, right_t = rgb_batch([left] * args.batch_size, device), rgb_batch([right] * args.batch_size, device)
+    lefts, rights = [left] * args.batch_size, [right] * args.batch_size
     print(f"label bench: {args.model} ({teacher or 'seeded init'}), {args.height}x{args.width}, iters {args.iters}, "
           f"max_disp {args.max_disp}, batch {args.batch_size}, device {device}, torch threads {torch.get_num_threads()}")
     labels = {}
     for precision in args.precision:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "bf16 needs CUDA": handled just below
-            model = load_model(args.model, checkpoint=teacher, device=device, precision=precision,
-                               valid_iters=args.iters, max_disp=args.max_disp)
+            # label's estimator (a checkpoint teacher); model_path None = the seeded init.
+            estimator = create_estimator("torch", model=args.model, model_path=teacher, device=device,
+                                         precision=precision, iters=args.iters, max_disparity=args.max_disp,
+                                         with_confidence=False)
+            model = estimator.model
         label = precision
         if precision != "fp32" and device == "cpu":
             if not args.cpu_autocast:
@@ -72,16 +74,17 @@ def throughput(args) -> int:
             model._autocast = lambda _device, dtype=dtype: torch.autocast("cpu", dtype=dtype)
             label = f"{precision} (CPU autocast)"
         thresholds = Thresholds()
-        label_batch(model, left_t, right_t, None, thresholds)  # warm-up: allocator, cudnn autotuning
+        max_disp = float(model.config.max_disp)
+        label_batch(estimator, lefts, rights, thresholds, max_disp)  # warm-up: allocator, cudnn autotuning
         started = time.perf_counter()
         for _ in range(args.repeats):
-            disparity, valid = label_batch(model, left_t, right_t, None, thresholds)
+            disparity, valid, _stats = label_batch(estimator, lefts, rights, thresholds, max_disp)
         seconds = time.perf_counter() - started
         pairs = args.repeats * args.batch_size
         labels[label] = (disparity[0], valid[0])
         print(f"  {label}: {pairs / seconds:.3f} pairs/s ({seconds / pairs:.3f} s/pair over {pairs} pairs), "
               f"valid share {valid.mean():.3f}")
-        del model
+        del model, estimator
     if len(labels) == 2:
         (a, va), (b, vb) = labels.values()
         both = va & vb

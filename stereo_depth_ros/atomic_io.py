@@ -79,3 +79,8 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make renames into `directory` durable (for writers that rename whole folders into place)."""
+    _fsync_dir(Path(directory))

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from stereo_depth_ros.capture_policy import DEFAULT_CONFIDENT_AT
+
 from stereo_depth_ros.file_search import FileSearchError, find_file
 from stereo_depth_ros.inference.base import BACKENDS as _BACKEND_TABLE  # numpy only: the SGBM node runs without torch
 from stereo_depth_ros.model_names import MODEL_NAMES as MODELS
@@ -89,6 +91,18 @@ class NodeConfig:
         "onnxruntime execution providers in order of preference; unavailable ones are skipped")
     sgbm_block_size: int = _param(5, "opencv_sgbm matching block size (odd, 1..11)")
     diagnostics_period: float = _param(1.0, "Seconds between /diagnostics messages and throttled status logs")
+    capture_dir: str = _param(
+        "", "Hard-pair capture: folder the captured pairs are written to (dataset layout, for stereo-distill "
+            "label); '' = capture off")
+    capture_confidence_below: float = _param(
+        0.0, "Capture a pair when its share of confident pixels (valid, with confidence >= confidence_threshold, "
+             f"or >= {DEFAULT_CONFIDENT_AT} when that is 0) falls below this; 0 = off")
+    capture_every_s: float = _param(0.0, "Also capture a pair when this many seconds passed since the last "
+                                         "captured one; 0 = off")
+    capture_max_pairs: int = _param(1000, "Stop capturing when capture_dir holds this many pairs; 0 = no limit")
+    capture_max_megabytes: float = _param(
+        1000.0, "Stop capturing before capture_dir's files would pass this many megabytes (10^6 bytes); 0 = no "
+                "limit")
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -170,6 +184,7 @@ class NodeConfig:
             raise ConfigError(f"parameter sgbm_block_size: must be odd in 1..11, got {self.sgbm_block_size}")
         if not (math.isfinite(self.diagnostics_period) and self.diagnostics_period > 0):
             raise ConfigError(f"parameter diagnostics_period: must be > 0 seconds, got {self.diagnostics_period}")
+        self._validate_capture()
         if self.backend in ("torch", "onnxruntime"):
             if not self.model_path:
                 raise ConfigError(f"parameter model_path: required for backend {self.backend}")
@@ -183,6 +198,19 @@ class NodeConfig:
                     raise ConfigError(f"parameter model_path: file {exc}; see weights/README.md for the weights, "
                                       "or run the weight-free baseline with backend:=opencv_sgbm") from None
         return self
+
+
+    def _validate_capture(self) -> None:
+        if not 0.0 <= self.capture_confidence_below <= 1.0:
+            raise ConfigError("parameter capture_confidence_below: must be in 0..1 (a share of pixels; 0 = off), "
+                              f"got {self.capture_confidence_below}")
+        for name in ("capture_every_s", "capture_max_megabytes"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ConfigError(f"parameter {name}: must be a finite number >= 0 (0 = off), got {value}")
+        if self.capture_max_pairs < 0:
+            raise ConfigError(f"parameter capture_max_pairs: must be >= 0 (0 = no limit), got "
+                              f"{self.capture_max_pairs}")
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

@@ -10,7 +10,8 @@ thread runs the pipeline and publishes; the newest pair wins, so latency stays b
 
 Bad input gets a throttled warning naming the problem and the pair is skipped (or, without camera geometry, only
 disparity is published); the node keeps running. Invalid parameters stop it at start-up with one message and exit
-status 2. `confidence_threshold`, `iters`, `publish_points`, `publish_confidence` can be set at run time.
+status 2. `confidence_threshold`, `iters`, `publish_points`, `publish_confidence` can be set at run time. Hard-pair
+capture (`capture_*`, the `~/capture` Trigger service) is `capture.HardPairCapture`'s: the worker offers it each pair.
 """
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ from rclpy.node import Node
 from rclpy.qos import QoSPolicyKind, QoSProfile, qos_profile_sensor_data, qos_profile_system_default
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_srvs.srv import Trigger
 from stereo_msgs.msg import DisparityImage
 
+from stereo_depth_ros.capture import CaptureError, open_capture
 from stereo_depth_ros.config import (RUNTIME_PARAMETERS, ConfigError, NodeConfig, estimator_options,
                                      is_ros_own_parameter)
 from stereo_depth_ros.diagnostics import FrameStats, Throttle, format_value, status_message, summary_line
@@ -89,6 +92,11 @@ class StereoDepthNode(Node):
                                        confidence_threshold=self.config.confidence_threshold)
         self.stats = FrameStats(window=max(5.0, 3 * self.config.diagnostics_period))
         self._throttle = Throttle(WARNING_PERIOD_S)
+        try:
+            self.capture = open_capture(self.config, warn=self._warn)
+        except CaptureError as exc:
+            raise StartupError(f"invalid parameters: parameter {exc}", EXIT_BAD_PARAMETERS) from None
+        self.pipeline.report_confident_share = self.capture is not None and self.capture.wants_confidence
         if self.config.input_width and self.config.input_height:
             self._warmup(self.config.input_width, self.config.input_height)  # the working size is known now
         self._warmup_size: tuple[int, int] | None = None  # camera size to warm up at, from the first camera_info
@@ -121,6 +129,7 @@ class StereoDepthNode(Node):
         except (RuntimeError, ParameterException) as exc:  # a qos_overrides.* value rclpy cannot use
             raise StartupError(f"invalid parameters: QoS override: {exc}", EXIT_BAD_PARAMETERS) from None
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(Trigger, "~/capture", self._on_capture)
         # Steady clock: with use_sim_time and no /clock, ROS time stands still and so would these timers.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.create_timer(self.config.diagnostics_period, self._publish_diagnostics, clock=steady)
@@ -136,7 +145,8 @@ class StereoDepthNode(Node):
             + (f" ({self.config.model}, {self.config.model_path})" if self.config.backend != "opencv_sgbm" else "")
             + (f" on {providers[0]}" if providers else "")
             + f", {'approximate' if self.config.approximate_sync else 'exact'} sync ({self.sync.implementation}), "
-            f"{'system default' if self.config.use_system_default_qos else 'sensor-data'} QoS")
+            f"{'system default' if self.config.use_system_default_qos else 'sensor-data'} QoS, capture "
+            + (f"into {self.capture.root} ({self.capture.counters()['capture']})" if self.capture else "off"))
 
     def _create_topics(self, qos_in: Any, overrides: QoSOverridingOptions) -> None:
         """The four inputs and four outputs (a new input profile per topic: rclpy writes a topic's overrides into
@@ -198,6 +208,12 @@ class StereoDepthNode(Node):
         return SetParametersResult(successful=True)
 
     # -- callbacks (executor thread) --------------------------------------------------------------------------
+    def _on_capture(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """~/capture: the next pair is captured (the reply comes at once; the writer works in the background)."""
+        response.success, response.message = (self.capture.trigger() if self.capture is not None
+                                               else (False, "capture is off: set the capture_dir parameter"))
+        return response
+
     def _image_callback(self, side: str, add):
         def callback(msg: Image) -> None:
             stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
@@ -246,7 +262,9 @@ class StereoDepthNode(Node):
             if job is None:
                 continue
             try:
-                self._process(job)
+                confident_share = self._process(job)
+                if self.capture is not None:  # after publishing; queues references, never waits for the disk
+                    self.capture.offer_frame(job.frame, confident_share, self.get_fully_qualified_name())
             except PairError as exc:
                 self.stats.pair_rejected(str(exc))
                 self._warn(exc.kind, f"pair skipped: {exc}")
@@ -264,12 +282,13 @@ class StereoDepthNode(Node):
             points=self.config.publish_points and self.pub_points.get_subscription_count() > 0,
             confidence=self.config.publish_confidence and self.pub_confidence.get_subscription_count() > 0)
 
-    def _process(self, job: _Job) -> None:
+    def _process(self, job: _Job) -> float | None:
+        """Publish the outputs of one pair; returns its confident share (None when no inference ran)."""
         frame = job.frame
         request = self._request()
         if not request.any():
             self.stats.pair_idle()
-            return
+            return None
         header = frame.left_image.header
         self._hardware_id = header.frame_id
         result = self.pipeline.process(frame.left_image, frame.right_image, request,
@@ -280,7 +299,7 @@ class StereoDepthNode(Node):
         out = result.outputs
         if out is None:  # only depth/points wanted, and no camera geometry to make them
             self.stats.pair_idle()
-            return
+            return None
         if out.disparity is not None:
             self.pub_disparity.publish(self._messages.disparity(out, header))
         if out.depth is not None:
@@ -291,6 +310,7 @@ class StereoDepthNode(Node):
             self.pub_confidence.publish(self._messages.image("confidence", out.confidence, header))
         self.stats.pair_published(time.monotonic() - job.received, result.inference_s, out.valid_share,
                                   result.iterations, result.budget_missed)
+        return result.confident_share
 
     # -- reporting -----------------------------------------------------------------------------------------------
     def _warn(self, kind: str, message: str) -> None:
@@ -303,6 +323,7 @@ class StereoDepthNode(Node):
         snap = self.stats.snapshot()
         snap["stale_images"] = self.sync.stats.dropped_stale
         snap["pairs_without_camera_info"] = self.sync.stats.missing_info
+        snap.update(self.capture.counters() if self.capture is not None else {"capture": "off"})
         status = DiagnosticStatus()
         status.name = f"{self.get_fully_qualified_name()}: stereo depth"
         status.hardware_id = self._hardware_id
@@ -327,6 +348,8 @@ class StereoDepthNode(Node):
         self._mailbox.close()
         if self._worker.is_alive():
             self._worker.join(timeout)
+        if self.capture is not None:
+            self.capture.close(timeout)  # writes what is queued; a sample cut short never appears
 
 
 def main(args: list[str] | None = None) -> int:

@@ -10,8 +10,11 @@ requested outputs (`postprocess`), written into message-ready buffers reused fra
 outputs, the valid share, the iterations the backend ran and per-stage timings.
 
 Lazy like stereo_image_proc: nothing is estimated when no output is requested (or when only depth/points are and
-there is no camera geometry); confidence is computed only when it is requested or `confidence_threshold` > 0
-(backends with a `with_confidence` switch skip it); depth and points only when requested.
+there is no camera geometry); confidence is computed only when it is requested, `confidence_threshold` > 0 or
+`report_confident_share` is set (backends with a `with_confidence` switch skip it); depth and points only when
+requested. `report_confident_share` (the node's hard-pair capture on low confidence) adds
+`FrameResult.confident_share`: the share of pixels with a valid disparity and a confidence at or above
+`confidence_threshold` when that is > 0, else `capture_policy.DEFAULT_CONFIDENT_AT` (0.5).
 
 Bad pairs raise `PairError(kind, message)` (kind groups warnings for throttling); camera_info that cannot give a
 geometry for these images is not an error: the frame gets disparity only and `FrameResult.camera_problem` says
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from stereo_depth_ros.camera_geometry import CameraGeometryError, StereoCamera
+from stereo_depth_ros.capture_policy import DEFAULT_CONFIDENT_AT
 from stereo_depth_ros.image_conversion import ImageConversionError, image_to_rgb
 from stereo_depth_ros.inference.base import StereoEstimator
 from stereo_depth_ros.postprocess import OutputBuffers, OutputRequest, Postprocessed, _RayCache, postprocess, rescale
@@ -95,6 +99,11 @@ class FrameResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
     @property
+    def confident_share(self) -> float | None:
+        """Share of confident pixels (pipeline.report_confident_share); None when not computed."""
+        return self.outputs.confident_share if self.outputs is not None else None
+
+    @property
     def inference_s(self) -> float:
         return self.timings.get("estimate", 0.0)
 
@@ -107,6 +116,7 @@ class StereoPipeline:
     """convert -> estimate at the working size -> rescale -> masks -> outputs, for one estimator.
 
     confidence_threshold may be changed between frames (the node's runtime parameter); `clock` times the stages.
+    report_confident_share: also compute confidence and report FrameResult.confident_share (hard-pair capture).
     """
 
     def __init__(self, estimator: StereoEstimator, *, input_width: int = 0, input_height: int = 0,
@@ -117,6 +127,7 @@ class StereoPipeline:
         self.input_width, self.input_height = input_width, input_height
         self.max_disparity = max_disparity
         self.confidence_threshold = confidence_threshold
+        self.report_confident_share = False
         self.cameras = CameraCache()
         self._buffers: OutputBuffers | None = None
         self._rays = _RayCache()
@@ -172,7 +183,12 @@ class StereoPipeline:
         return camera, None
 
     def needs_confidence(self, request: OutputRequest) -> bool:
-        return request.confidence or self.confidence_threshold > 0.0
+        return request.confidence or self.confidence_threshold > 0.0 or self.report_confident_share
+
+    @property
+    def confident_at(self) -> float:
+        """The confidence a pixel needs to count as confident in FrameResult.confident_share."""
+        return self.confidence_threshold if self.confidence_threshold > 0.0 else DEFAULT_CONFIDENT_AT
 
     def warmup(self, width: int, height: int) -> None:
         """Run the backend once at the working size for width x height images (lazy initialisation paid now)."""
@@ -221,7 +237,8 @@ class StereoPipeline:
         result.outputs = postprocess(
             disparity, confidence, left_rgb if request.points else None, camera, request,
             self._output_buffers(height, width), confidence_threshold=threshold if confidence is not None else 0.0,
-            disparity_range=searched, rays=self._rays)
+            disparity_range=searched, rays=self._rays,
+            confident_at=self.confident_at if self.report_confident_share else None)
         t5 = clock()
         result.iterations, result.budget_missed = estimate.iterations, estimate.budget_missed
         result.timings.update(estimate=t3 - t2, rescale=t4 - t3, postprocess=t5 - t4)

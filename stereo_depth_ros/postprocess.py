@@ -100,6 +100,9 @@ class Postprocessed:
     depth: MessageBuffer | None = None  # float32 [H, W] metres, NaN where invalid
     points: MessageBuffer | None = None  # float32 [H, W, 4]: x, y, z, packed rgb
     confidence: MessageBuffer | None = None  # float32 [H, W] in 0..1
+    # Share of all pixels with a valid disparity and confidence >= `confident_at` (postprocess's argument); None
+    # when not asked for. Without a confidence map every valid pixel counts as confident.
+    confident_share: float | None = None
 
 
 def pack_rgb(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -145,12 +148,14 @@ class _RayCache:
 
 def postprocess(disparity: Any, confidence: Any, rgb: np.ndarray | None, camera: StereoCamera | None,
                 request: OutputRequest, buffers: OutputBuffers, *, confidence_threshold: float = 0.0,
-                disparity_range: float = 0.0, rays: _RayCache | None = None) -> Postprocessed:
+                disparity_range: float = 0.0, rays: _RayCache | None = None,
+                confident_at: float | None = None) -> Postprocessed:
     """Outputs of one frame from its camera-size disparity (numpy or torch, NaN where invalid).
 
     camera: None gives disparity only (f = t = 0, no depth or points). rgb: uint8 [H, W, 3] left image for the
     cloud's colours (None: white). disparity_range: the range searched, in camera pixels (for max_disparity).
-    Each mask is computed once; outputs not requested are not computed.
+    Each mask is computed once; outputs not requested are not computed. confident_at: also count the confident
+    share at this confidence (for the node's hard-pair capture).
     """
     ops = array_ops(disparity)
     height, width = disparity.shape
@@ -164,14 +169,15 @@ def postprocess(disparity: Any, confidence: Any, rgb: np.ndarray | None, camera:
     if wanted["points"]:
         assert camera is not None
         ray_planes = (rays or _RayCache()).get(ops, camera, height, width, disparity)
-    count, x0, y0, x1, y1 = 0, width, height, -1, -1
+    count, confident, x0, y0, x1, y1 = 0, 0, width, height, -1, -1
     results: dict[str, Any] = {}
     for band in ops.bands(height, width):
         views = {name: buffer.array[band] for name, buffer in out.items()}
-        band_count, (bx, by, bw, bh) = _postprocess_band(
+        band_count, (bx, by, bw, bh), band_confident = _postprocess_band(
             ops, band, disparity[band], None if confidence is None else confidence[band],
             None if rgb is None else rgb[band], camera, request, buffers, views, results,
-            confidence_threshold, None if ray_planes is None else (ray_planes[0], ray_planes[1][band]))
+            confidence_threshold, None if ray_planes is None else (ray_planes[0], ray_planes[1][band]), confident_at)
+        confident += band_confident
         if band_count:
             count += band_count
             x0, x1 = min(x0, bx), max(x1, bx + bw - 1)
@@ -180,7 +186,8 @@ def postprocess(disparity: Any, confidence: Any, rgb: np.ndarray | None, camera:
     result = Postprocessed(
         valid_share=count / float(height * width), valid_window=window,
         f=0.0 if camera is None else float(camera.fx), t=0.0 if camera is None else float(camera.baseline),
-        min_disparity=float(offset), max_disparity=float(disparity_range + offset))
+        min_disparity=float(offset), max_disparity=float(disparity_range + offset),
+        confident_share=None if confident_at is None else confident / float(height * width))
     for name, values in results.items():
         if name == "disparity" and not request.disparity:
             continue  # computed as depth's denominator only
@@ -192,9 +199,11 @@ def postprocess(disparity: Any, confidence: Any, rgb: np.ndarray | None, camera:
 def _postprocess_band(ops: Any, band: slice, disparity: Any, confidence: Any, rgb: np.ndarray | None,
                       camera: StereoCamera | None, request: OutputRequest, buffers: OutputBuffers,
                       out: dict[str, np.ndarray], results: dict[str, Any], threshold: float,
-                      rays: tuple[Any, Any] | None) -> tuple[int, tuple[int, int, int, int]]:
+                      rays: tuple[Any, Any] | None,
+                      confident_at: float | None) -> tuple[int, tuple[int, int, int, int], int]:
     """The definition, for the rows of one band (the whole image on a device): fills `results` with the band's
-    outputs (numpy: written into `out`'s message views; torch: device tensors) and returns (count, window)."""
+    outputs (numpy: written into `out`'s message views; torch: device tensors) and returns (count, window,
+    confident count: 0 unless confident_at is given)."""
     offset = camera.doffs if camera is not None else 0.0
     valid = ops.valid_mask(disparity, offset, confidence, threshold, buffers)
     count, window = ops.count_and_window(valid)
@@ -215,7 +224,13 @@ def _postprocess_band(ops: Any, band: slice, disparity: Any, confidence: Any, rg
         results["disparity"] = ops.replace_nan(shifted, offset - 1.0, out["disparity"])
     if "confidence" in out:
         results["confidence"] = ops.copy(confidence, out["confidence"])
-    return count, window
+    confident = 0
+    if confident_at is not None:
+        if confidence is None or (threshold > 0.0 and confident_at == threshold):
+            confident = count  # the valid mask above is this mask already
+        else:  # `valid` is no longer needed: its scratch may be reused
+            confident, _ = ops.count_and_window(ops.valid_mask(disparity, offset, confidence, confident_at, buffers))
+    return count, window, confident
 
 
 def _published(ops: Any, values: Any, buffer: MessageBuffer) -> MessageBuffer:

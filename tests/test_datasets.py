@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from stereo_distill.camera_info_yaml import write_camera_info
+from stereo_depth_ros.dataset_layout import write_camera_info, write_image
 from stereo_distill.datasets import DatasetError, open_dataset, split_samples
-from stereo_distill.image_files import read_pfm, write_image, write_pfm, write_scaled_disparity_png
+from stereo_distill.image_files import read_pfm, write_pfm, write_scaled_disparity_png
 
 H, W = 12, 16
 

@@ -115,7 +115,7 @@ def test_fixed_size_onnx_on_other_sized_data_is_one_line_with_eval_advice(toy, t
 def test_sgbm_baseline_evaluates_too(toy, run_eval):
     root, _ = toy
     got = json.loads(run_eval("--model", "sgbm", "--data", root / "data", "--max-disp", "32").out)
-    assert got["model"] == "sgbm" and got["pairs"] == 2 and 0 < got["coverage"] < 1
+    assert got["model"] == "opencv_sgbm" and got["pairs"] == 2 and 0 < got["coverage"] < 1
 
 
 def test_compare_writes_a_side_by_side_picture(toy, tmp_path, run_eval, student_weights):

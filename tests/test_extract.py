@@ -14,7 +14,7 @@ from rosbags.typesys import Stores, get_typestore
 from file_modes import assert_new_file_modes
 from stereo_distill import cli
 from stereo_distill.bag_reader import Frame, match_frames
-from stereo_distill.camera_info_yaml import read_camera_info
+from stereo_depth_ros.dataset_layout import read_camera_info
 from stereo_distill.datasets import open_dataset
 
 TS = get_typestore(Stores.ROS2_KILTED)

@@ -1,5 +1,6 @@
-"""`stereo-distill label` with a seeded Selective-IGEV teacher checkpoint (conftest's `teacher_weights`, official
-format) on tiny real pairs (Motorcycle crops)."""
+"""`stereo-distill label` on tiny real pairs (Motorcycle crops): a seeded Selective-IGEV teacher checkpoint
+(conftest's `teacher_weights`, official format), any teacher kind (a checkpoint of either network, an ONNX export,
+sgbm), resume and sharding, the report and the contact sheet."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,10 @@ import torch
 from file_modes import assert_new_file_modes
 from stereo_distill import cli
 from stereo_distill.datasets import open_dataset
-from stereo_distill.image_files import write_image
+from stereo_depth_ros.dataset_layout import write_image
 from stereo_distill.label import Thresholds, consistency_mask, label_batch
+
+from stereo_depth_ros.inference import StereoEstimate, StereoEstimator, open_estimator
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = "selective_igev"
@@ -110,8 +113,12 @@ def test_labels_equal_predict_and_manifest(weights, teacher, tmp_path, capsys):
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["teacher"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert manifest["teacher"]["config"] == json.loads(json.dumps(dataclasses.asdict(teacher.config)))
-    assert manifest["teacher"]["model"] == TEACHER
+    assert manifest["teacher"]["kind"] == "torch" and manifest["teacher"]["model"] == TEACHER
+    assert manifest["teacher"]["settings"]["iters"] == ITERS
+    # Iterations are passed per call (settings.iters), not baked into the config's valid_iters.
+    without_iters = lambda config: {k: v for k, v in config.items() if k != "valid_iters"}
+    assert without_iters(manifest["teacher"]["settings"]["config"]) == without_iters(
+        json.loads(json.dumps(dataclasses.asdict(teacher.config))))
     assert manifest["thresholds"] == {"lr_threshold": 1.5, "min_disp": 0.0, "max_disp": float(MAX_DISP)}
     assert list(manifest["failures"]) == ["000002_1002"] and "right.png" in manifest["failures"]["000002_1002"]
     assert manifest["software"]["stereo_depth_ros"]
@@ -122,7 +129,8 @@ def test_labels_equal_predict_and_manifest(weights, teacher, tmp_path, capsys):
         mirrored = teacher.predict(right.flip(-1), left.flip(-1))[0, 0].numpy()[:, ::-1]
         disparity = np.load(out / sample.name / "disparity.npy")
         assert disparity.dtype == np.float32 and disparity.shape == left.shape[-2:]
-        np.testing.assert_allclose(disparity, expected, rtol=0, atol=1e-5)
+        # The teacher's disparity where it has one (positive), 0 where it has none.
+        np.testing.assert_allclose(disparity, np.where(expected > 0, expected, 0), rtol=0, atol=1e-5)
         valid = cv2.imread(str(out / sample.name / "valid.png"), cv2.IMREAD_UNCHANGED)
         assert valid.dtype == np.uint8 and set(np.unique(valid)) <= {0, 255}
         np.testing.assert_array_equal(valid == 255, reference_mask(expected, mirrored, 1.5, 0.0, MAX_DISP))
@@ -145,7 +153,8 @@ def test_changed_settings_are_refused(weights, tmp_path, capsys):
     for argv, what in [
         ([*base, "--lr-threshold", "3"], "lr_threshold"),
         ([str(data), "--teacher", str(other), "--out", str(out), *SMALL], "sha256"),
-        ([*base, "--iters", "3"], "valid_iters"),
+        ([*base, "--iters", "3"], "iters 2 vs 3"),
+        ([str(data), "--teacher", "sgbm", "--out", str(out), "--max-disp", str(MAX_DISP)], "kind 'torch' vs"),
     ]:
         capsys.readouterr()
         assert run_label(argv) == 2
@@ -196,7 +205,7 @@ def test_torchrun_two_ranks_equal_single_process(weights, tmp_path):
     assert json.loads((multi / "manifest.json").read_text())["summary"]["labelled"] == 4
 
 
-class BlockMatcher:
+class BlockMatcher(StereoEstimator):
     """A stand-in teacher that really matches the images: winner-take-all SAD over 5x5 windows.
 
     Why not the fixture teacher here: its weights are seeded random, so its output does not follow the scene's
@@ -207,15 +216,15 @@ class BlockMatcher:
     name = "block_matcher"
 
     def __init__(self, max_disp: int) -> None:
-        self.config = type("Config", (), {"max_disp": max_disp})()
+        self.max_disp = max_disp
 
-    def predict(self, left: torch.Tensor, right: torch.Tensor, iters=None) -> torch.Tensor:
-        grey_l, grey_r = left.mean(1, keepdim=True), right.mean(1, keepdim=True)
+    def estimate(self, left: np.ndarray, right: np.ndarray) -> StereoEstimate:
+        grey_l, grey_r = (torch.from_numpy(np.asarray(im, np.float32)).mean(-1)[None, None] for im in (left, right))
         costs = []
-        for d in range(self.config.max_disp):
+        for d in range(self.max_disp):
             shifted = torch.nn.functional.pad(grey_r, (d, 0, 0, 0), mode="replicate")[..., : grey_r.shape[-1]]
             costs.append(torch.nn.functional.avg_pool2d((grey_l - shifted).abs(), 5, 1, 2, count_include_pad=False))
-        return torch.stack(costs, 0).argmin(0).float()
+        return StereoEstimate(torch.stack(costs, 0).argmin(0).float()[0, 0].numpy())
 
 
 def test_left_right_check_masks_occluded_strip():
@@ -231,9 +240,9 @@ def test_left_right_check_masks_occluded_strip():
     left[:] = background[:, np.clip(xs - d_bg, 0, None)]
     left[y0:y0 + 20, x0:x0 + 24] = square
 
-    to_t = lambda im: torch.from_numpy(im).permute(2, 0, 1)[None]  # noqa: E731
-    disparity, valid = label_batch(BlockMatcher(24), to_t(left), to_t(right), None, Thresholds(lr_threshold=1.0))
+    disparity, valid, stats = label_batch(BlockMatcher(24), [left], [right], Thresholds(lr_threshold=1.0), 24.0)
     disparity, valid = disparity[0], valid[0]
+    assert 0 < stats[0]["lr_inconsistent_share"] < 0.5 and stats[0]["lr_checked_share"] > 0.8
     rows = slice(y0 + 3, y0 + 17)
     strip = valid[rows, x0 - (d_fg - d_bg) + 2: x0 - 2]  # visible in the left image only (covered in the right)
     assert strip.mean() < 0.2, f"occluded strip only {1 - strip.mean():.0%} masked"
@@ -253,7 +262,6 @@ def test_consistency_mask_range_and_border():
 
 def test_consistency_mask_distrusts_non_finite_teacher_values():
     import torch
-
     from stereo_distill.label import Thresholds, consistency_mask
 
     disp = torch.full((1, 4, 8), 2.0)
@@ -262,3 +270,108 @@ def test_consistency_mask_distrusts_non_finite_teacher_values():
     mask = consistency_mask(disp, disp.clone(), Thresholds(), 192.0)
     assert not mask[0, 1, 3] and not mask[0, 2, 5]
     assert mask[0, 0, 2:].all()  # finite, consistent pixels whose match lies inside the image stay trusted
+
+
+# ------------------------------------------------------------------------------------------ any teacher kind
+@pytest.fixture(scope="module")
+def teacher_files(tmp_path_factory) -> dict[str, Path]:
+    """Seeded teachers of every kind a user can name: our checkpoint of the student, an official-format
+    (DataParallel-prefixed, nameless) state_dict of the teacher network, and a small ONNX export."""
+    from stereo_depth_ros.models import load_model, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("teachers")
+    files = {"rt_igev": folder / "student_last.pth", "selective_igev": folder / "official_teacher.pth",
+             "onnx": folder / "student.onnx"}
+    save_checkpoint(files["rt_igev"], load_model("rt_igev"))
+    torch.save({"module." + k: v for k, v in load_model("selective_igev").state_dict().items()},
+               files["selective_igev"])
+    assert cli.main(["export", "--model", str(files["rt_igev"]), "--out", str(files["onnx"]), "--iters", "1",
+                     "--height", "32", "--width", "64", "--no-verify"]) == 0
+    return files
+
+
+@pytest.mark.parametrize("kind", ["rt_igev", "selective_igev", "onnx", "sgbm"])
+def test_each_teacher_kind_labels_through_open_estimator(teacher_files, kind, tmp_path, capsys):
+    data = make_data(tmp_path / "data", 2)
+    out = tmp_path / "labels"
+    source = "sgbm" if kind == "sgbm" else str(teacher_files[kind])
+    options = {"onnx": [], "sgbm": ["--max-disp", "16"]}.get(kind, ["--iters", "1", "--max-disp", "32"])
+    assert run_label([str(data), "--teacher", source, "--out", str(out), "--device", "cpu", *options]) == 0, \
+        capsys.readouterr().err
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    expected_kind = {"onnx": "onnxruntime", "sgbm": "opencv_sgbm"}.get(kind, "torch")
+    expected_model = {"onnx": "rt_igev", "sgbm": "opencv_sgbm"}.get(kind, kind)
+    assert (manifest["teacher"]["kind"], manifest["teacher"]["model"]) == (expected_kind, expected_model)
+    if kind == "sgbm":
+        assert manifest["teacher"]["sha256"] is None and manifest["teacher"]["settings"]["num_disparities"] == 16
+    else:
+        assert manifest["teacher"]["sha256"] == hashlib.sha256(Path(source).read_bytes()).hexdigest()
+        assert manifest["teacher"]["settings"]["iters"] == 1
+    estimator = open_estimator(source, device="cpu", iters=None if kind in ("onnx", "sgbm") else 1,
+                               max_disparity={"onnx": None, "sgbm": 16}.get(kind, 32), with_confidence=False)
+    for sample in open_dataset(data):
+        expected = np.nan_to_num(estimator.estimate(*sample.load_pair()).disparity, nan=0.0)
+        np.testing.assert_allclose(np.load(out / sample.name / "disparity.npy"), expected, rtol=0, atol=1e-5)
+        valid = cv2.imread(str(out / sample.name / "valid.png"), cv2.IMREAD_UNCHANGED) == 255
+        assert not np.any(valid & (expected <= 0))  # a pixel without a teacher value is never trusted
+    report = json.loads((out / "report.json").read_text())
+    assert report["teacher"]["kind"] == expected_kind and sorted(report["samples"]) == sorted(manifest["samples"])
+
+    # Resuming into these labels with a teacher of another kind is refused, and nothing changes.
+    before = files_of(out)
+    other = str(teacher_files["rt_igev"]) if kind == "sgbm" else "sgbm"
+    capsys.readouterr()
+    assert run_label([str(data), "--teacher", other, "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different settings" in err and "kind" in err
+    assert files_of(out) == before
+
+
+def test_teacher_flags_that_do_not_apply_are_refused(teacher_files, tmp_path, capsys):
+    data = make_data(tmp_path / "data", 1)
+    for argv, message in [
+        (["--teacher", "sgbm", "--iters", "4"], "--iters does not apply to the sgbm teacher"),
+        (["--teacher", str(teacher_files["onnx"]), "--iters", "3"], "exported with 1 iterations"),
+        (["--teacher", str(teacher_files["onnx"]), "--max-disp", "64"], "range fixed at export"),
+        (["--teacher", str(tmp_path / "missing.pth")], "does not exist"),
+    ]:
+        capsys.readouterr()
+        assert run_label([str(data), "--out", str(tmp_path / "labels"), "--device", "cpu", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_report_and_contact_sheet_show_the_right_samples(tmp_path, capsys):
+    from stereo_distill.label_report import CAPTION
+
+    h, w = 32, 64
+    data = make_data(tmp_path / "data", 5)
+    blank = data / "000005_1005"  # no texture at all: SGBM trusts nothing here, so it must lead the sheet
+    write_image(blank / "left.png", np.full((h, w, 3), 128, np.uint8))
+    write_image(blank / "right.png", np.full((h, w, 3), 128, np.uint8))
+    out = tmp_path / "labels"
+    assert run_label([str(data), "--teacher", "sgbm", "--max-disp", "16", "--out", str(out), "--sheet-rows", "3"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+
+    assert sorted(report["samples"]) == sorted(manifest["samples"]) and len(report["samples"]) == 6
+    for name, record in report["samples"].items():
+        assert record["valid_share"] == manifest["samples"][name]["valid_share"]
+        assert set(record) >= {"lr_checked_share", "lr_mean_px", "lr_inconsistent_share"}
+    assert report["samples"]["000005_1005"]["valid_share"] == 0.0
+    assert report["lowest_valid_share"][0] == "000005_1005"
+    # 3 rows for 6 samples: the lowest valid share, then an even spread over the other five in name order.
+    shown = report["contact_sheet_samples"]
+    assert shown[0] == "000005_1005" and len(shown) == 3 and shown[1:] == ["000000_1000", "000004_1004"]
+
+    sheet = cv2.cvtColor(cv2.imread(str(out / "contact_sheet.png")), cv2.COLOR_BGR2RGB)
+    header = CAPTION + 4
+    assert sheet.shape == (header + 3 * (CAPTION + h), 3 * w, 3)
+    for row, name in enumerate(shown):
+        top = header + row * (CAPTION + h) + CAPTION
+        tiles = sheet[top: top + h]
+        left = cv2.cvtColor(cv2.imread(str(data / name / "left.png")), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(tiles[:, :w], left)
+        valid = cv2.imread(str(out / name / "valid.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(tiles[:, 2 * w:, 0], valid)

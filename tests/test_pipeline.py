@@ -87,6 +87,22 @@ def test_confidence_only_when_published_or_thresholded():
     assert np.isnan(depth[:, : W // 2]).all() and np.isfinite(depth[:, W // 2:]).all()
 
 
+def test_confident_share_for_capture_computes_confidence_even_unpublished():
+    estimator = RecordingEstimator()
+    pipeline = StereoPipeline(estimator)
+    result = pipeline.process(*pair(), OutputRequest(confidence=False), infos=infos())
+    assert result.confident_share is None and estimator.with_confidence is False  # lazy while capture is off
+    pipeline.report_confident_share = True
+    result = pipeline.process(*pair(), OutputRequest(confidence=False), infos=infos())
+    # Confidence 0.25 on the left half: not confident at the default 0.5; computed, not published.
+    assert estimator.with_confidence is True and result.outputs.confidence is None
+    assert result.confident_share == 0.5 and result.valid_share == 1.0
+    pipeline.confidence_threshold = 0.2  # the node's threshold defines "confident" when set
+    assert pipeline.process(*pair(), OutputRequest(confidence=False), infos=infos()).confident_share == 1.0
+    # No inference, no share (the node's lazy rule stays: nobody subscribes, nothing is judged).
+    assert pipeline.process(*pair(), NOTHING, infos=infos()).confident_share is None
+
+
 def test_camera_geometry_cached_and_rebuilt_on_change():
     pipeline = StereoPipeline(RecordingEstimator())
     left, right = infos()

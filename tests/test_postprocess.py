@@ -151,3 +151,33 @@ def test_messages_wrap_the_buffers():
     builder = msgs.OutputMessages()
     first = builder.image("depth", out.depth, header)
     assert builder.image("depth", out.depth, Header(frame_id="other")) is first and first.header.frame_id == "other"
+
+
+@pytest.mark.parametrize("threshold, confident_at", [(0.0, 0.5), (0.3, 0.6), (0.3, 0.3)])
+def test_confident_share_in_bands_and_on_torch(monkeypatch, threshold, confident_at):
+    """The hard-pair capture's figure: valid disparity and confidence >= confident_at, over all pixels; the same
+    in bands, in one pass and on torch tensors (and the valid share when it is the same mask)."""
+    rng = np.random.default_rng(2)
+    d = rng.uniform(-5, 100, (97, 131)).astype(np.float32)
+    d[rng.random(d.shape) < 0.2] = np.nan
+    conf = rng.random(d.shape).astype(np.float32)
+    cam = camera(cx_right=CX + 2.0, width=131, height=97)
+    expected = float(np.mean(np.isfinite(d) & (d + 2.0 > 0) & (conf >= confident_at)))
+
+    def share(disparity, confidence):
+        return postprocess(disparity, confidence, None, cam, OutputRequest(points=False), OutputBuffers(97, 131),
+                           confidence_threshold=threshold, confident_at=confident_at)
+
+    whole = share(d, conf)
+    assert whole.confident_share == pytest.approx(expected, abs=1e-12) and 0.1 < expected < 0.9
+    if confident_at == threshold:
+        assert whole.confident_share == whole.valid_share
+    monkeypatch.setattr(array_ops, "BAND_PIXELS", 131 * 7)
+    banded = share(d, conf)
+    assert banded.confident_share == whole.confident_share
+    np.testing.assert_array_equal(banded.depth.array, whole.depth.array)  # the capture mask left the outputs alone
+    torch = pytest.importorskip("torch")
+    assert share(torch.from_numpy(d), torch.from_numpy(conf)).confident_share == whole.confident_share
+    # Not asked for: not computed. Without a confidence map every valid pixel counts.
+    assert run(d, conf, cam=cam).confident_share is None
+    assert share(d, None).confident_share == pytest.approx(float(np.mean(np.isfinite(d) & (d + 2.0 > 0))))

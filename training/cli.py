@@ -10,8 +10,10 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "record": (".record", "record stereo topics + camera_info into a rosbag2 without `ros2 bag` (rclpy)"),
     "extract": (".extract", "extract synchronised stereo pairs from a rosbag2 (sqlite3 or mcap) into DATA"),
-    "label": (".label", "pseudo-label DATA with the Selective-IGEV teacher (resumable, shardable)"),
+    "label": (".label",
+              "pseudo-label DATA with a teacher: a checkpoint, an ONNX export or sgbm (resumable, shardable)"),
     "train": (".train", "distil the RT-IGEV student on teacher labels (resumable)"),
     "eval": (".evaluate", "EPE / D1 / bad-N of a checkpoint or ONNX file on DATA"),
     "export": (".export", "export the student to ONNX and verify it against PyTorch"),

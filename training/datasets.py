@@ -5,9 +5,11 @@ disparity file in that dataset's own encoding (read by `image_files`). Layouts u
 (autodetected):
 
 - ours (and InStereo2K, whose per-sample folders it copies): `DATA/<sample>/left.png`, `right.png`, optional
-  `left_disp.png` (uint16, disparity x 100, 0 = invalid), optional `DATA/camera_info.yaml` (`camera_info_yaml`;
-  not needed here: labelling, training and evaluation work on disparity). Sample folders may be
-  nested (InStereo2K as downloaded: `train/part*/<id>/`, `test/<id>/`); the name is the relative path.
+  `left_disp.png` (uint16, disparity x 100, 0 = invalid), optional `DATA/camera_info.yaml` (not needed here:
+  labelling, training and evaluation work on disparity). Sample folders may be nested (InStereo2K as downloaded:
+  `train/part*/<id>/`, `test/<id>/`); the name is the relative path. The layout is defined in
+  `stereo_depth_ros.dataset_layout` (the node's hard-pair capture writes it too); hidden folders (a writer's
+  staging folders) are skipped.
 - Middlebury 2014 / MiddEval3: folders with `im0.png`, `im1.png`, optional `disp0GT.pfm` or `disp0.pfm`
   (inf = invalid).
 - KITTI 2015 (`image_2`, `image_3`, `disp_occ_0`) and KITTI 2012 (`colored_0`, `colored_1`, `disp_occ`):
@@ -25,7 +27,9 @@ from typing import Callable, Iterable, Iterator, Sequence, overload
 
 import numpy as np
 
-from .image_files import DatasetError, read_image, read_pfm_disparity, read_scaled_disparity_png
+from stereo_depth_ros.dataset_layout import DatasetError, read_image
+
+from .image_files import read_pfm_disparity, read_scaled_disparity_png
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 

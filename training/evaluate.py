@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto | cpu | cuda (torch models; cpu also keeps onnxruntime on its CPU provider)")
     parser.add_argument("--out", default=None, help="also write the metrics JSON here (atomically)")
     parser.add_argument("--compare", nargs=2, metavar=("TEACHER", "STUDENT_BEFORE"), default=None,
-                        help="also evaluate these two checkpoints on the same pairs and write a side-by-side picture")
+                        help="also evaluate these two (checkpoints, .onnx or sgbm) on the same pairs and write a "
+                             "side-by-side picture")
     parser.add_argument("--teacher-iters", type=int, default=None, help="GRU iterations of the --compare teacher")
     parser.add_argument("--teacher-max-disp", type=int, default=None,
                         help="max_disp of the --compare teacher (--max-disp applies to the students only)")
@@ -91,7 +92,9 @@ def load_predictor(path: str, arch: str = "auto", iters: int | None = None, max_
         raise CliError(str(error)) from None
     kind = source_kind(path)
     name = getattr(getattr(estimator, "model", None), "name", None) or getattr(estimator, "model_name", None)
-    description = "sgbm" if kind == "opencv_sgbm" else f"{'onnx' if kind == 'onnxruntime' else name}:{Path(path).name}"
+    if kind == "opencv_sgbm":  # the weight-free baseline (e.g. `make loop`'s teacher)
+        return LoadedModel("opencv_sgbm", estimator)
+    description = f"{'onnx' if kind == 'onnxruntime' else name}:{Path(path).name}"
     return LoadedModel(description, estimator)
 
 
@@ -219,7 +222,7 @@ def comparison_picture(pairs: list[EvalPair], columns: list[tuple[str, list[np.n
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    from .image_files import DatasetError, write_image
+    from stereo_depth_ros.dataset_layout import DatasetError, write_image
 
     try:
         write_image(path, rgb)

@@ -46,8 +46,7 @@ def sample_complete(folder: Path) -> bool:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .camera_info_yaml import camera_info_to_dict, read_camera_info, write_camera_info
-    from .image_files import write_image
+    from stereo_depth_ros.dataset_layout import camera_info_to_dict, read_camera_info, write_camera_info, write_image
 
     if args.stride < 1:
         raise CliError(f"--stride must be >= 1, got {args.stride}")

@@ -1,5 +1,8 @@
-"""Image and disparity files of the datasets we read and write: PNG/JPEG views, scaled uint16 disparity PNGs
-(InStereo2K x100, KITTI x256), PFM (Middlebury). Writers are atomic."""
+"""Disparity files of the datasets we read: scaled uint16 PNGs (InStereo2K x100, KITTI x256) and PFM (Middlebury).
+
+Our own layout's images and camera_info.yaml are `stereo_depth_ros.dataset_layout`'s (the node's capture writes
+them too). Writers are atomic.
+"""
 from __future__ import annotations
 
 import re
@@ -8,27 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stereo_depth_ros.atomic_io import atomic_path, atomic_write_bytes
-
-
-class DatasetError(ValueError):
-    """A dataset or one of its files cannot be read; the message names the path."""
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3]; grey images are repeated over the three channels."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"cannot read image {path} (missing, truncated or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Atomically write uint8 RGB [H, W, 3] or grey [H, W] (or uint16 grey) as a lossless file chosen by suffix."""
-    image = np.ascontiguousarray(image)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    _imwrite_atomic(path, image)
+from stereo_depth_ros.atomic_io import atomic_write_bytes
+from stereo_depth_ros.dataset_layout import DatasetError, imwrite_atomic
 
 
 def read_scaled_disparity_png(path: str | Path, scale: float) -> np.ndarray:
@@ -49,7 +33,7 @@ def write_scaled_disparity_png(path: str | Path, disparity: np.ndarray, scale: f
     valid = np.isfinite(disparity) & (disparity > 0)
     raw = np.zeros(disparity.shape, np.uint16)
     raw[valid] = np.clip(np.round(disparity[valid] * scale), 1, 65535).astype(np.uint16)
-    _imwrite_atomic(path, raw)
+    imwrite_atomic(path, raw)
 
 
 def read_pfm(path: str | Path) -> np.ndarray:
@@ -94,9 +78,3 @@ def read_pfm_disparity(path: str | Path) -> np.ndarray:
         raise DatasetError(f"disparity PFM {path} must have one channel")
     disp[~np.isfinite(disp)] = np.nan
     return disp
-
-
-def _imwrite_atomic(path: str | Path, image: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise DatasetError(f"cannot encode image for {path}")

@@ -1,12 +1,15 @@
-"""Pseudo-label DATA with the Selective-IGEV teacher: LABELS/<sample>/disparity.npy, valid.png, manifest.json.
+"""Pseudo-label DATA with a teacher: LABELS/<sample>/disparity.npy, valid.png, manifest.json, report, contact sheet.
 
-The teacher runs on each pair and on the mirrored, swapped pair (which gives the right view's disparity); a
-pixel is trusted (valid.png = 255) when the two views agree within --lr-threshold pixels and its disparity lies
-in the valid range. Defaults are upstream's Middlebury settings (80 iterations, max disparity 768).
+The teacher (--teacher): a checkpoint of either network (default Selective-IGEV settings: upstream's Middlebury
+80 iterations, max disparity 768), one of our ONNX exports, or `sgbm` (OpenCV semi-global matching). It runs on
+each pair and on the mirrored, swapped pair (which gives the right view's disparity); a pixel is trusted
+(valid.png = 255) when the two views agree within --lr-threshold pixels and its disparity lies in the valid range.
+Beside the manifest: report.json (per-sample valid share and left-right disagreement) and contact_sheet.png
+(left | teacher disparity | valid mask), to look at before training.
 
 Every file is written atomically and a sample is complete once its label.json exists, so re-running the same
-command resumes. LABELS refuses a different teacher checkpoint, model config or thresholds. Under torchrun
-(WORLD_SIZE > 1) the samples are split across ranks and rank 0 writes the merged manifest.
+command resumes. LABELS refuses a different teacher (kind, file, settings) or thresholds. Under torchrun
+(WORLD_SIZE > 1) the samples are split across ranks and rank 0 writes the merged manifest and the report.
 """
 from __future__ import annotations
 
@@ -15,23 +18,21 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from stereo_depth_ros.atomic_io import atomic_write, atomic_write_json
-from .cli import CliError
-from .provenance import sha256_file, software_versions
 
-if TYPE_CHECKING:
-    from .distributed import Distributed
+from .cli import CliError
+from .provenance import software_versions
 
 MANIFEST = "manifest.json"
 RECORD = "label.json"  # written last: marks a sample complete
 FAILURE = "failure.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: the teacher entry is {kind, model, checkpoint, sha256, settings} (any estimator)
 
 
 @dataclass(frozen=True)
@@ -50,33 +51,40 @@ class Thresholds:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, metavar="DATA",
                         help="stereo pairs (any layout stereo_distill.datasets reads)")
-    parser.add_argument("--teacher", type=Path, required=True, metavar="CKPT",
-                        help="teacher checkpoint (official Selective-IGEV state_dict or ours)")
+    parser.add_argument("--teacher", required=True, metavar="TEACHER",
+                        help="a checkpoint of either network (official state_dict or ours), an ONNX export "
+                             "(stereo-distill export), or 'sgbm' (OpenCV semi-global matching)")
     parser.add_argument("--out", type=Path, required=True, metavar="LABELS", help="output folder")
-    parser.add_argument("--model", default="selective_igev",
-                        help="registered teacher network (default: selective_igev)")
-    parser.add_argument("--iters", type=int, default=80, help="GRU iterations (default: 80, upstream's Middlebury)")
-    parser.add_argument("--max-disp", type=int, default=768, help="cost volume range in pixels (default: 768)")
+    parser.add_argument("--model", default="auto",
+                        help="network of a checkpoint teacher (default auto: recognised by its keys)")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="GRU iterations of a checkpoint (default: 80, upstream's Middlebury); an ONNX export's "
+                             "are fixed; sgbm has none")
+    parser.add_argument("--max-disp", type=int, default=None,
+                        help="disparity range in pixels (default: 768 for a checkpoint, 192 for sgbm; fixed in an "
+                             "ONNX export)")
     parser.add_argument("--batch-size", type=int, default=1, help="pairs per forward pass; same-size pairs only")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                        help="autocast precision on CUDA; the fragile parts stay float32; CPU always runs fp32")
+                        help="checkpoint teachers: autocast precision on CUDA; the fragile parts stay float32; "
+                             "CPU always runs fp32")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--lr-threshold", type=float, default=Thresholds.lr_threshold,
                         help="left-right consistency threshold in pixels (default: 1.0)")
     parser.add_argument("--min-valid-disp", type=float, default=Thresholds.min_disp,
                         help="disparities at or below this are not trusted (default: 0)")
     parser.add_argument("--max-valid-disp", type=float, default=None,
-                        help="disparities above this are not trusted (default: --max-disp)")
+                        help="disparities above this are not trusted (default: the teacher's range)")
+    parser.add_argument("--sheet-rows", type=int, default=32,
+                        help="at most this many samples on contact_sheet.png (default 32; see docs/data.md)")
 
 
 # ----------------------------------------------------------------------------------------------- the label itself
-def consistency_mask(disp_left, disp_right, thresholds: Thresholds, max_disp: float):
-    """Trusted pixels of the left view.
+def left_right_disagreement(disp_left, disp_right):
+    """(|d_left(x) - d_right(x - d_left(x))|, checkable) for [B, H, W] torch tensors of both views' disparities.
 
-    disp_left, disp_right: [B, H, W] torch tensors, positive disparities of the left and right views.
     Each left pixel x is warped to x - d_left(x) in the right view, where d_right is read by linear
-    interpolation; pixels warping outside the right image cannot be checked and are not trusted.
-    Returns bool [B, H, W].
+    interpolation; pixels warping outside the right image cannot be checked (checkable False). NaN (no value
+    in either view) gives a NaN disagreement.
     """
     import torch
 
@@ -92,74 +100,59 @@ def consistency_mask(disp_left, disp_right, thresholds: Thresholds, max_disp: fl
     i0 = x0.long()
     i1 = (i0 + 1).clamp(max=width - 1)
     warped = (1 - weight) * disp_right.gather(-1, i0) + weight * disp_right.gather(-1, i1)
+    return (disp_left - warped).abs(), inside
+
+
+def consistency_mask(disp_left, disp_right, thresholds: Thresholds, max_disp: float):
+    """Trusted pixels of the left view: checkable, within thresholds.lr_threshold of the right view, and in
+    (min_disp, max_disp]. disp_left, disp_right: [B, H, W] torch tensors. Returns bool [B, H, W]."""
+    import torch
+
+    disagreement, inside = left_right_disagreement(disp_left, disp_right)
     upper = max_disp if thresholds.max_disp is None else thresholds.max_disp
     return (
         inside
         & torch.isfinite(disp_left)
-        & ((disp_left - warped).abs() <= thresholds.lr_threshold)
+        & (disagreement <= thresholds.lr_threshold)
         & (disp_left > thresholds.min_disp)
         & (disp_left <= upper)
     )
 
 
-def label_batch(model, left, right, iters: int | None, thresholds: Thresholds):
-    """Teacher disparity and validity for a batch.
+def label_batch(estimator, lefts: Sequence[np.ndarray], rights: Sequence[np.ndarray], thresholds: Thresholds,
+                max_disp: float) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Teacher disparity, validity and left-right statistics for same-size pairs (uint8 RGB [H, W, 3]).
 
-    left, right: float32 [B, 3, H, W] RGB 0..255 on the model's device. Returns (disparity float32 [B, H, W],
-    valid bool [B, H, W]) as numpy. The right view's disparity is the teacher's output on the pair mirrored
-    left-right with the views swapped (positive disparities again), mirrored back. The two passes run separately
-    so that the left-view labels are exactly `model.predict(left, right)`.
+    Returns (disparity float32 [B, H, W], 0 where the teacher has no value; valid bool [B, H, W]; one dict of
+    left-right statistics per pair). The right view's disparity is the teacher's output on the pair mirrored
+    left-right with the views swapped (positive disparities again), mirrored back; the two passes run
+    separately, so the left-view labels are exactly what `estimator.estimate` gives.
     """
     import torch
 
-    disp_left = model.predict(left, right, iters=iters)[:, 0].float()
-    mirrored = model.predict(torch.flip(right, dims=[-1]), torch.flip(left, dims=[-1]), iters=iters)
-    disp_right = torch.flip(mirrored[:, 0].float(), dims=[-1])
-    valid = consistency_mask(disp_left, disp_right, thresholds, float(model.config.max_disp))
-    return disp_left.cpu().numpy(), valid.cpu().numpy()
+    def flip(image: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(image[:, ::-1])
+
+    left_view = estimator.estimate_batch(list(lefts), list(rights))
+    mirrored = estimator.estimate_batch([flip(right) for right in rights], [flip(left) for left in lefts])
+    disp_left = torch.from_numpy(np.stack([e.disparity for e in left_view]).astype(np.float32))
+    disp_right = torch.from_numpy(np.stack([flip(e.disparity) for e in mirrored]).astype(np.float32))
+    valid = consistency_mask(disp_left, disp_right, thresholds, max_disp)
+    disagreement, inside = left_right_disagreement(disp_left, disp_right)
+    checked = inside & torch.isfinite(disagreement)
+    stats = []
+    for k in range(disp_left.shape[0]):
+        values = disagreement[k][checked[k]]
+        stats.append({
+            "lr_checked_share": round(float(checked[k].float().mean()), 6),
+            "lr_mean_px": round(float(values.mean()), 6) if values.numel() else None,
+            "lr_inconsistent_share": (round(float((values > thresholds.lr_threshold).float().mean()), 6)
+                                      if values.numel() else None),
+        })
+    return torch.nan_to_num(disp_left, nan=0.0).numpy(), valid.numpy(), stats
 
 
 # ------------------------------------------------------------------------------------------------ bookkeeping
-def settings_of(model, checkpoint: Path, checkpoint_sha: str, thresholds: Thresholds) -> dict:
-    """What makes labels comparable: LABELS holds labels of exactly one of these.
-
-    Normalised through JSON (tuples become lists) so that it compares equal to what a manifest holds.
-    """
-    return json.loads(json.dumps({
-        "teacher": {"model": model.name, "checkpoint": str(checkpoint), "sha256": checkpoint_sha,
-                    "config": dataclasses.asdict(model.config)},
-        "thresholds": dataclasses.asdict(thresholds),
-    }))
-
-
-def check_compatible(manifest_path: Path, settings: dict) -> None:
-    """Refuse an existing LABELS made with another teacher, config or thresholds."""
-    if not manifest_path.is_file():
-        return
-    try:
-        existing = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CliError(f"{manifest_path} is unreadable ({error}); move it away to start over") from None
-    problems = []
-    old_teacher, new_teacher = existing.get("teacher", {}), settings["teacher"]
-    if old_teacher.get("model") != new_teacher["model"]:
-        problems.append(f"teacher model {old_teacher.get('model')} vs {new_teacher['model']}")
-    if old_teacher.get("sha256") != new_teacher["sha256"]:
-        problems.append(f"teacher checkpoint sha256 {str(old_teacher.get('sha256'))[:12]}... vs "
-                        f"{new_teacher['sha256'][:12]}...")
-    old_config, new_config = old_teacher.get("config", {}), new_teacher["config"]
-    changed = sorted(k for k in set(old_config) | set(new_config) if old_config.get(k) != new_config.get(k))
-    if changed:
-        problems.append("config " + ", ".join(f"{k} {old_config.get(k)!r} vs {new_config.get(k)!r}" for k in changed))
-    old_thr, new_thr = existing.get("thresholds", {}), settings["thresholds"]
-    changed = sorted(k for k in set(old_thr) | set(new_thr) if old_thr.get(k) != new_thr.get(k))
-    if changed:
-        problems.append("thresholds " + ", ".join(f"{k} {old_thr.get(k)!r} vs {new_thr.get(k)!r}" for k in changed))
-    if problems:
-        raise CliError(f"{manifest_path.parent} holds labels made with different settings ({'; '.join(problems)}); "
-                       "use another --out folder rather than mixing labels")
-
-
 def sample_complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in ("disparity.npy", "valid.png", RECORD))
 
@@ -171,13 +164,13 @@ def remove_partials(folder: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def write_label(folder: Path, disparity: np.ndarray, valid: np.ndarray) -> dict:
-    from .image_files import write_image
+def write_label(folder: Path, disparity: np.ndarray, valid: np.ndarray, stats: dict | None = None) -> dict:
+    from stereo_depth_ros.dataset_layout import write_image
 
     atomic_write(folder / "disparity.npy", lambda handle: np.save(handle, disparity.astype(np.float32)))
     write_image(folder / "valid.png", np.where(valid, 255, 0).astype(np.uint8))
     record = {"height": int(disparity.shape[0]), "width": int(disparity.shape[1]),
-              "valid_share": round(float(valid.mean()), 6)}
+              "valid_share": round(float(valid.mean()), 6), **(stats or {})}
     (folder / FAILURE).unlink(missing_ok=True)
     atomic_write_json(folder / RECORD, record)
     return record
@@ -208,42 +201,23 @@ def write_manifest(out: Path, settings: dict, names: Sequence[str], extra: dict)
     return manifest
 
 
-# --------------------------------------------------------------------------------------------------- batching
-def plan_batches(samples, batch_size: int) -> list[list]:
-    """Same-size samples in batches of at most batch_size, ordered by their first sample's name.
-
-    The plan depends only on the dataset and batch_size, so a resumed run or another world size computes each
-    sample in the same batch as an uninterrupted single-process run (identical numerics).
-    """
-    if batch_size == 1:
-        return [[sample] for sample in samples]
-    from PIL import Image  # reads only the header; decoding every image to learn its size would double the I/O
-
-    groups: dict[tuple[int, int], list] = {}
-    for sample in samples:
-        try:
-            with Image.open(sample.left) as image:
-                size = image.size
-        except OSError:
-            size = (-1, -1)  # unreadable: its own batch, where it fails and is recorded
-        groups.setdefault(size, []).append(sample)
-    batches = [group[i: i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
-    return sorted(batches, key=lambda batch: batch[0].name)
-
-
-# ------------------------------------------------------------------------------------------------------ runner
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
+    from stereo_depth_ros.inference import source_kind
+
     from .datasets import DatasetError, open_dataset
+    from .distributed import distributed
 
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.iters < 1:
-        raise CliError(f"--iters must be >= 1, got {args.iters}")
-    if not args.teacher.is_file():
-        raise CliError(f"teacher checkpoint {args.teacher} does not exist")
+    for flag, value in (("--iters", args.iters), ("--max-disp", args.max_disp)):
+        if value is not None and value < 1:
+            raise CliError(f"{flag} must be >= 1, got {value}")
+    if args.sheet_rows < 0:
+        raise CliError(f"--sheet-rows must be >= 0, got {args.sheet_rows}")
+    if source_kind(args.teacher) != "opencv_sgbm" and not Path(args.teacher).is_file():
+        raise CliError(f"teacher {args.teacher} does not exist (a checkpoint, an .onnx export, or 'sgbm')")
     try:
         dataset = open_dataset(args.data)
     except DatasetError as error:
@@ -255,28 +229,22 @@ def run(args: argparse.Namespace) -> int:
     if thresholds.lr_threshold < 0:
         raise CliError(f"--lr-threshold must be >= 0, got {thresholds.lr_threshold}")
 
-    from .distributed import distributed
-
     with distributed(args.device) as dist_info:
-        return _label_all(args, dataset, out, thresholds, dist_info, dist_info.device, torch, tqdm)
+        return _label_all(args, dataset, out, thresholds, dist_info, str(dist_info.device), tqdm)
 
 
-def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info: Distributed, device, torch, tqdm):
-    from stereo_depth_ros.models import load_model
-    from stereo_depth_ros.models.images import rgb_batch
-
+def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info, device: str, tqdm):
     from .datasets import DatasetError
+    from .label_report import SHEET, write_report
+    from .label_shards import plan_batches
+    from .label_teacher import check_compatible, open_teacher
 
     started = time.monotonic()
-    try:
-        model = load_model(args.model, checkpoint=str(args.teacher), device=device, precision=args.precision,
-                           valid_iters=args.iters, max_disp=args.max_disp)
-    except (ValueError, RuntimeError, OSError) as error:
-        raise CliError(f"cannot load teacher {args.teacher}: {' '.join(str(error).split())}") from None
-    model.eval()
+    teacher = open_teacher(args.teacher, args.model, args.iters, args.max_disp, args.precision, device)
     if thresholds.max_disp is None:
-        thresholds = dataclasses.replace(thresholds, max_disp=float(model.config.max_disp))
-    settings = settings_of(model, args.teacher.resolve(), sha256_file(args.teacher), thresholds)
+        thresholds = dataclasses.replace(thresholds, max_disp=teacher.max_disp)
+    # Normalised through JSON (tuples become lists) so that it compares equal to what a manifest holds.
+    settings = json.loads(json.dumps({"teacher": teacher.description, "thresholds": dataclasses.asdict(thresholds)}))
     check_compatible(out / MANIFEST, settings)  # every rank checks, so every rank stops on a mismatch
     names = dataset.names()
     extra = {"data": str(Path(args.data).resolve())}
@@ -307,10 +275,16 @@ def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info: Dist
             members.append(sample)
         if not members:
             continue
-        disparity, valid = label_batch(model, rgb_batch(lefts, device), rgb_batch(rights, device), None, thresholds)
+        try:
+            disparity, valid, stats = label_batch(teacher.estimator, lefts, rights, thresholds, teacher.max_disp)
+        except ValueError as teacher_error:  # e.g. a fixed-size ONNX teacher given pairs of another size
+            for sample in members:
+                _record_failure(out, sample.name, f"teacher: {' '.join(str(teacher_error).split())}")
+                progress.update(1)
+            continue
         for k, sample in enumerate(members):
             if not sample_complete(out / sample.name):
-                write_label(out / sample.name, disparity[k], valid[k])
+                write_label(out / sample.name, disparity[k], valid[k], stats[k])
                 labelled += 1
             progress.update(1)
     progress.close()
@@ -322,8 +296,12 @@ def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info: Dist
         print(f"label: {labelled} labelled now, {summary['labelled']}/{summary['samples']} complete, "
               f"{summary['failed']} failed, mean valid share {summary['mean_valid_share']}, "
               f"{time.monotonic() - started:.1f} s -> {out}", file=sys.stderr)
-        for name, why in manifest["failures"].items():
-            print(f"label: failed {name}: {why}", file=sys.stderr)
+        for name, message in manifest["failures"].items():
+            print(f"label: failed {name}: {message}", file=sys.stderr)
+        report = write_report(out, manifest, dataset, args.sheet_rows)
+        sheet = out / SHEET if report["contact_sheet"] else "(no labelled sample)"
+        print(f"label: teacher {teacher.description['model']} ({teacher.description['kind']}); look at {sheet} "
+              f"and {out / 'report.json'} before training", file=sys.stderr)
         return 1 if manifest["failures"] else 0
     # Rank 0 reports every rank's failures; a non-zero exit here could make torchrun stop rank 0 before it has
     # written the manifest.
@@ -335,4 +313,4 @@ def _record_failure(out: Path, name: str, error: str) -> None:
     atomic_write_json(out / name / FAILURE, {"error": error})
 
 
-__all__ = ["Thresholds", "add_arguments", "consistency_mask", "label_batch", "plan_batches", "run"]
+__all__ = ["Thresholds", "add_arguments", "consistency_mask", "label_batch", "left_right_disagreement", "run"]

@@ -22,8 +22,14 @@ class ToyPair:
 
 
 def motorcycle_crops(size: tuple[int, int] = (96, 160), scales: tuple[float, ...] = (0.25, 0.35),
-                     crops_per_scale: int = 3, seed: int = 0) -> list[ToyPair]:
-    """`crops_per_scale` random windows of `size` from Motorcycle resized by each of `scales`."""
+                     crops_per_scale: int = 3, seed: int = 0, rows: tuple[float, float] = (0.0, 1.0),
+                     prefix: str = "moto") -> list[ToyPair]:
+    """`crops_per_scale` random windows of `size` from Motorcycle resized by each of `scales`.
+
+    rows: the band of the image (fractions of its height) the windows come from. Bands that do not overlap give
+    sets that share no scene point: in a rectified pair a point stays in its row in both views, so a held-out
+    band is unseen however the training band is cropped or scaled.
+    """
     from stereo_devkit.motorcycle import load_motorcycle
 
     left, right, disp = load_motorcycle()
@@ -37,17 +43,22 @@ def motorcycle_crops(size: tuple[int, int] = (96, 160), scales: tuple[float, ...
         l_s = cv2.resize(left, (sw, sh), interpolation=cv2.INTER_AREA)
         r_s = cv2.resize(right, (sw, sh), interpolation=cv2.INTER_AREA)
         d_s = cv2.resize(disp, (sw, sh), interpolation=cv2.INTER_NEAREST) * np.float32(sw / left.shape[1])
+        top, bottom = int(np.ceil(rows[0] * sh)), int(np.floor(rows[1] * sh))
+        if bottom - top < h:
+            raise ValueError(f"rows {rows} at scale {scale} span {bottom - top} rows, fewer than the crop's {h}")
         for i in range(crops_per_scale):
-            y0, x0 = int(rng.integers(0, sh - h + 1)), int(rng.integers(0, sw - w + 1))
+            y0, x0 = int(rng.integers(top, bottom - h + 1)), int(rng.integers(0, sw - w + 1))
             window = (slice(y0, y0 + h), slice(x0, x0 + w))
-            out.append(ToyPair(f"moto_s{int(round(scale * 100)):03d}_{i:02d}", np.ascontiguousarray(l_s[window]),
+            out.append(ToyPair(f"{prefix}_s{int(round(scale * 100)):03d}_{i:02d}", np.ascontiguousarray(l_s[window]),
                                np.ascontiguousarray(r_s[window]), np.ascontiguousarray(d_s[window])))
     return out
 
 
 def write_data(root: str | Path, pairs: list[ToyPair], with_ground_truth: bool = True) -> Path:
     """DATA/<name>/left.png, right.png and (optionally) left_disp.png (uint16, disparity x 100, 0 = invalid)."""
-    from .image_files import write_image, write_scaled_disparity_png
+    from stereo_depth_ros.dataset_layout import write_image
+
+    from .image_files import write_scaled_disparity_png
 
     root = Path(root)
     for pair in pairs:

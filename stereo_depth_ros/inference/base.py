@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -73,6 +74,11 @@ class StereoEstimator(abc.ABC):
     @abc.abstractmethod
     def estimate(self, left: np.ndarray, right: np.ndarray) -> StereoEstimate:
         """left, right: uint8 [H, W, 3] RGB (or float32 0..255), same shape. Returns a StereoEstimate at [H, W]."""
+
+    def estimate_batch(self, lefts: Sequence[np.ndarray], rights: Sequence[np.ndarray]) -> list[StereoEstimate]:
+        """Several pairs of one size at once (offline labelling). This default runs them one by one; a backend
+        that batches on its device overrides it and returns what `estimate` would for each pair."""
+        return [self.estimate(left, right) for left, right in zip(lefts, rights, strict=True)]
 
     def estimate_at(self, left: np.ndarray, right: np.ndarray, width: int, height: int) -> StereoEstimate:
         """Estimate at the working size width x height: disparity (and confidence) at that size, in its pixels."""

@@ -118,7 +118,9 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
         dtype = PRECISIONS[self.config.precision]
         if dtype == torch.float32 or device.type != "cuda" or self.compute_dtype != torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=dtype)
+        # No weight-cast cache: each `with amp:` stretch below exits before the next, so the cache would save
+        # almost nothing, and a cache that outlives a stretch is unsafe under CUDA-graph capture.
+        return torch.autocast("cuda", dtype=dtype, cache_enabled=False)
 
     # ---- forward --------------------------------------------------------------------------------------------
     def forward(self, left: torch.Tensor, right: torch.Tensor, iters: int | None = None, test_mode: bool = False):
@@ -259,9 +261,12 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
         """Warn once when float images look like 0..1 (the networks expect 0..255 and would see near-black).
 
         Runs until an image with a non-zero maximum decides it, so that a warm-up on black images does not use it
-        up, and then never again: reading the maximum waits for the device, which a per-frame caller must not pay.
+        up, and then never again: reading the maximum waits for the device, which a per-frame caller must not pay,
+        and which a CUDA graph capture forbids (so a capture skips it; the captured graph never runs this code).
         """
         if self._input_range_checked or not left.is_floating_point():
+            return
+        if left.is_cuda and torch.cuda.is_current_stream_capturing():
             return
         peak = float(torch.maximum(left.amax(), right.amax()))
         if peak > 0.0:

@@ -1,0 +1,127 @@
+"""Hard-pair capture under load: the node's output rate with capture off and with capture on every pair.
+
+    .venv/bin/python bench/capture.py [--size 640x480] [--rate 15] [--seconds 20] [--max-disparity 128] [--rounds 1]
+
+Runs stereo_depth_node (opencv_sgbm, the Fast DDS profile, as the launch file does) twice in its own process, fed
+the Motorcycle pair as rgb8 at --rate for --seconds: once with capture off, once with `capture_every_s` tiny so
+that every pair the node processes is offered to the capture writer. Prints, for each run, the pairs sent and
+published, the sustained output rate (first to last output), the client's stamp -> disparity latency and the
+node's inference time, and for the capture run the pairs written, dropped (queue full) and failed, and the folder
+size. The load average before each run is printed with it: figures taken on a shared machine are pessimistic.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from stereo_depth_ros.dataset_layout import folder_bytes, sample_names  # noqa: E402
+from stereo_devkit.client import StereoClient, diagnostic_values, image_message, stamp_from_seconds  # noqa: E402
+from stereo_devkit.motorcycle import FRAME_ID, motorcycle_rig  # noqa: E402
+from stereo_devkit.node_process import NodeProcess, isolated_ros_env, node_command  # noqa: E402
+
+PROFILE = REPO / "config" / "fastdds_shm.xml"
+
+
+def run(args: argparse.Namespace, capture: bool) -> dict:
+    import cv2
+
+    width, height = (int(v) for v in args.size.split("x"))
+    rig = motorcycle_rig(width)
+    left, right = (cv2.resize(view, (width, height)) for view in (rig.left, rig.right))
+    params: dict[str, object] = {"backend": "opencv_sgbm", "max_disparity": args.max_disparity,
+                                 "diagnostics_period": 0.5}
+    with tempfile.TemporaryDirectory(prefix="bench_capture_") as tmp:
+        folder = Path(tmp) / "captures"
+        if capture:
+            params.update(capture_dir=str(folder), capture_every_s=1e-6, capture_max_pairs=0,
+                          capture_max_megabytes=0.0)
+        env = isolated_ros_env(tmp, fastdds_profile=PROFILE)
+        load = os.getloadavg()[0]
+        with NodeProcess(node_command(params), env, Path(tmp) / "node.log", cwd=REPO) as node, \
+                StereoClient(env, outputs=("disparity",)) as client:
+            if not client.wait_for_node(60.0):
+                raise SystemExit(f"node did not come up:\n{node.log()[-2000:]}")
+            sent: dict[tuple[int, int], float] = {}
+
+            def publish(info_lead: float = 0.0):
+                stamp = stamp_from_seconds(time.time())
+                left_info, right_info = rig.camera_infos(stamp)
+                left_info.height = right_info.height = height
+                client.publish(image_message(left, "rgb8", stamp, FRAME_ID),
+                               image_message(right, "rgb8", stamp, FRAME_ID), left_info, right_info,
+                               info_lead=info_lead)
+                sent[(stamp.sec, stamp.nanosec)] = time.time()
+                return stamp
+
+            warm = publish(info_lead=0.3)
+            if client.wait_for_stamp("disparity", warm, timeout=120.0) is None:
+                raise SystemExit(f"no output during warm-up:\n{node.log()[-2000:]}")
+            first = client.count("disparity")
+            start = next_time = time.monotonic()
+            count = 0
+            while time.monotonic() - start < args.seconds:
+                last = publish()
+                count += 1
+                next_time += 1.0 / args.rate
+                time.sleep(max(0.0, next_time - time.monotonic()))
+            client.wait_for_stamp("disparity", last, timeout=60.0)
+            outputs = client.received["disparity"][first:]
+            latencies = np.array([item.stamp - sent[(item.msg.header.stamp.sec, item.msg.header.stamp.nanosec)]
+                                  for item in outputs]) * 1e3
+            diag = client.wait_for("diagnostics", None, timeout=5.0, start=client.count("diagnostics"))
+            values = diagnostic_values(diag) if diag is not None else {}
+            if capture:  # let the writer finish: every pair offered is then written or dropped
+                deadline = time.monotonic() + 60.0
+                while time.monotonic() < deadline:
+                    diag = client.wait_for("diagnostics", None, timeout=5.0, start=client.count("diagnostics"))
+                    now = diagnostic_values(diag) if diag is not None else {}
+                    offered = int(now.get("processed_pairs", 0)) + int(now.get("idle_pairs", 0))
+                    if int(now.get("captured_pairs", 0)) + int(now.get("capture_dropped", 0)) == offered:
+                        values.update({k: v for k, v in now.items() if k.startswith("capture")})
+                        break
+            node.stop()
+        times = [item.stamp for item in outputs]
+        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
+        return {"load": load, "sent": count, "published": len(outputs), "rate": rate,
+                "latency": float(np.median(latencies)) if latencies.size else float("nan"), "values": values,
+                "samples": len(sample_names(folder)), "megabytes": folder_bytes(folder) / 1e6 if capture else 0.0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="640x480")
+    parser.add_argument("--rate", type=float, default=15.0, help="input pairs per second")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--max-disparity", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="off/on pairs of runs, alternated (on a shared machine the load drifts between runs)")
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+          f"python {platform.python_version()}; opencv_sgbm ({args.max_disparity} px), {args.size} rgb8 at "
+          f"{args.rate:g} Hz for {args.seconds:g} s")
+    for capture in (False, True) * args.rounds:
+        result = run(args, capture)
+        values = result["values"]
+        print(f"capture {'on (every pair)' if capture else 'off'}: load average {result['load']:.1f}; sent "
+              f"{result['sent']}, published {result['published']} -> sustained {result['rate']:.2f} Hz; latency "
+              f"median {result['latency']:.0f} ms; node inference {values.get('inference_ms_median', '?')} ms, "
+              f"dropped by the node (busy) {values.get('dropped_pairs', '?')}")
+        if capture:
+            print(f"  capture: written {values.get('captured_pairs', '?')} pairs "
+                  f"({result['samples']} in the folder, {result['megabytes']:.1f} MB), dropped (queue full) "
+                  f"{values.get('capture_dropped', '?')}, failed {values.get('capture_failed', '?')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
