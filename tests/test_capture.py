@@ -212,6 +212,7 @@ def test_restart_continues_names_counts_the_folder_and_removes_staging(tmp_path)
 
 
 def test_camera_info_and_meta_are_written_for_the_dataset_readers(tmp_path):
+    from stereo_depth_ros.dataset_layout import read_camera_info
     from stereo_distill.datasets import open_dataset
 
     def info(tx):
@@ -227,7 +228,9 @@ def test_camera_info_and_meta_are_written_for_the_dataset_readers(tmp_path):
     capture.close()
     dataset = open_dataset(tmp_path)
     assert dataset.names() == ["00000000_11", "00000001_12"]
-    assert dataset[0].calibration.baseline == pytest.approx(0.1) and dataset[0].calibration.fx == 50.0
+    left_info, right_info = read_camera_info(tmp_path / "camera_info.yaml")
+    p_left, p_right = left_info["projection_matrix"]["data"], right_info["projection_matrix"]["data"]
+    assert p_left[0] == 50.0 and -p_right[3] / p_right[0] == pytest.approx(0.1)
     meta = json.loads((tmp_path / "00000000_11" / "meta.json").read_text())
     assert meta["reason"] == CONFIDENCE and meta["confident_share"] == 0.2 and meta["source"] == "/node"
     assert [kind for kind, _ in warnings] == ["capture:camera_info"]  # the file keeps the first rig
