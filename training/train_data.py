@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -17,8 +17,10 @@ from stereo_depth_ros.models.images import rgb_batch
 
 from .augment import AugmentConfig, augment, center_crop
 from .cli import CliError
-from .datasets import DatasetError, StereoSample, open_dataset, split_samples
 from .label_files import has_label, read_label
+
+if TYPE_CHECKING:  # the dataset readers are imported where used: bench/train.py runs with torch, cv2, numpy only
+    from .datasets import StereoSample
 
 # Key of a batch that carries, instead of tensors, the one-line reason its pairs could not be read. Data loader
 # workers return it rather than raising: an exception raised in a worker reaches the main process with the
@@ -39,6 +41,8 @@ def load_item(item: TrainItem) -> dict[str, np.ndarray]:
 
     Raises CliError naming the unreadable file and the sample.
     """
+    from .datasets import DatasetError
+
     try:
         left, right = item.sample.load_pair()
         gt = item.sample.load_disparity()
@@ -56,6 +60,8 @@ def load_item(item: TrainItem) -> dict[str, np.ndarray]:
 
 def collect_items(data: str, labels: str) -> list[TrainItem]:
     """DATA samples that have a label folder; CliError for a missing folder or no labelled pair at all."""
+    from .datasets import DatasetError, open_dataset
+
     labels_root = Path(labels)
     if not labels_root.is_dir():
         raise CliError(f"labels folder {labels_root} does not exist (run `stereo-distill label` first)")
@@ -72,6 +78,8 @@ def collect_items(data: str, labels: str) -> list[TrainItem]:
 
 def split_items(items: list[TrainItem], val_fraction: float, seed: int) -> tuple[list[TrainItem], list[TrainItem]]:
     """The held-out split of `datasets.split_samples` (the one `eval --split val` uses too), on training items."""
+    from .datasets import split_samples
+
     by_name = {item.sample.name: item for item in items}
     train_s, val_s = split_samples([item.sample for item in items], val_fraction, seed)
     return [by_name[s.name] for s in train_s], [by_name[s.name] for s in val_s]
