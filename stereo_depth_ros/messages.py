@@ -1,5 +1,6 @@
 """The node's outgoing messages, wrapped around the pipeline's message buffers without copying their pixels.
 
+`diagnostic_array` wraps a diagnostics snapshot in a diagnostic_msgs/DiagnosticArray.
 `disparity_message`, `float_image_message` and `cloud_message` build stereo_msgs/DisparityImage, a 32FC1
 sensor_msgs/Image and an organised sensor_msgs/PointCloud2 from a `postprocess.Postprocessed` result. Messages are
 built with `check_fields=True`, under which rclpy keeps an array.array as the `data` field as it is (any other
@@ -11,9 +12,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import Image, PointCloud2, PointField
 from stereo_msgs.msg import DisparityImage
 
+from stereo_depth_ros.diagnostics import format_value, status_message
 from stereo_depth_ros.postprocess import MessageBuffer, Postprocessed
 
 BIG_ENDIAN = int(sys.byteorder == "big")
@@ -114,3 +117,20 @@ class OutputMessages:
         msg.valid_window.x_offset, msg.valid_window.y_offset = x, y
         msg.valid_window.width, msg.valid_window.height = w, h
         return msg
+
+
+def diagnostic_array(snap: dict[str, float | int | str], name: str, hardware_id: str, labels: dict[str, str],
+                     stamp: Any) -> Any:
+    """One DiagnosticStatus (level and message from `diagnostics.status_message`) holding `labels` and every
+    figure of the snapshot as key/value pairs, in a DiagnosticArray stamped `stamp`."""
+    status = DiagnosticStatus()
+    status.name = name
+    status.hardware_id = hardware_id
+    warn, status.message = status_message(snap)
+    status.level = DiagnosticStatus.WARN if warn else DiagnosticStatus.OK
+    status.values = [KeyValue(key=key, value=value) for key, value in labels.items()]
+    status.values += [KeyValue(key=key, value=format_value(value)) for key, value in snap.items()]
+    array = DiagnosticArray()
+    array.header.stamp = stamp
+    array.status = [status]
+    return array

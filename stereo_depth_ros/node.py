@@ -15,7 +15,6 @@ capture (`capture_*`, the `~/capture` Trigger service) is `capture.HardPairCaptu
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import signal
 import sys
@@ -25,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -38,12 +37,13 @@ from std_srvs.srv import Trigger
 from stereo_msgs.msg import DisparityImage
 
 from stereo_depth_ros.capture import CaptureError, open_capture
-from stereo_depth_ros.config import (RUNTIME_PARAMETERS, ConfigError, NodeConfig, estimator_options,
-                                     is_ros_own_parameter)
-from stereo_depth_ros.diagnostics import FrameStats, Throttle, format_value, status_message, summary_line
+from stereo_depth_ros.config import estimator_options
+from stereo_depth_ros.diagnostics import FrameStats, Throttle, summary_line
 from stereo_depth_ros.inference import create_estimator
 from stereo_depth_ros.mailbox import LatestMailbox
-from stereo_depth_ros.messages import OutputMessages
+from stereo_depth_ros.messages import OutputMessages, diagnostic_array
+from stereo_depth_ros.node_parameters import (EXIT_BACKEND_FAILED, EXIT_BAD_PARAMETERS, StartupError,
+                                              declare_and_read, ready_line, runtime_change)
 from stereo_depth_ros.pipeline import PairError, StereoPipeline
 from stereo_depth_ros.postprocess import OutputRequest
 from stereo_depth_ros.sync import StereoFrame, StereoSynchronizer
@@ -55,16 +55,6 @@ STATUS_LOG_PERIOD_S = 10.0
 # CameraPublisher sends the image first); a few frame periods at the slowest common camera rates.
 INFO_WAIT_S = 0.5
 SYNC_POLL_PERIOD_S = 0.05
-EXIT_BAD_PARAMETERS = 2
-EXIT_BACKEND_FAILED = 1
-
-
-class StartupError(RuntimeError):
-    """The node cannot start (bad parameters or a backend that fails to load); `code` is the exit status."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
@@ -80,7 +70,7 @@ def _stamp_text(header: Any) -> str:
 class StereoDepthNode(Node):
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
-        self.config = self._read_parameters()
+        self.config = declare_and_read(self)
         try:
             self.estimator = create_estimator(self.config.backend, **estimator_options(self.config))
         except Exception as exc:  # any loader failure becomes one line, not a traceback
@@ -139,14 +129,7 @@ class StereoDepthNode(Node):
 
         self._worker = threading.Thread(target=self._work, name="stereo_depth_worker", daemon=True)
         self._worker.start()
-        providers = getattr(self.estimator, "providers", None)  # onnxruntime: the provider in use first
-        self.get_logger().info(
-            f"ready: backend {self.config.backend}"
-            + (f" ({self.config.model}, {self.config.model_path})" if self.config.backend != "opencv_sgbm" else "")
-            + (f" on {providers[0]}" if providers else "")
-            + f", {'approximate' if self.config.approximate_sync else 'exact'} sync ({self.sync.implementation}), "
-            f"{'system default' if self.config.use_system_default_qos else 'sensor-data'} QoS, capture "
-            + (f"into {self.capture.root} ({self.capture.counters()['capture']})" if self.capture else "off"))
+        self.get_logger().info(ready_line(self.config, self.estimator, self.sync.implementation, self.capture))
 
     def _create_topics(self, qos_in: Any, overrides: QoSOverridingOptions) -> None:
         """The four inputs and four outputs (a new input profile per topic: rclpy writes a topic's overrides into
@@ -165,46 +148,16 @@ class StereoDepthNode(Node):
         self.pub_points = self.create_publisher(PointCloud2, "points2", 5, qos_overriding_options=overrides)
         self.pub_confidence = self.create_publisher(Image, "confidence", 5, qos_overriding_options=overrides)
 
-    # -- parameters -------------------------------------------------------------------------------------------
-    def _read_parameters(self) -> NodeConfig:
-        defaults = NodeConfig().as_dict()
-        descriptions = NodeConfig.parameter_descriptions()
-        for name, default in defaults.items():
-            # Typing is left to NodeConfig (one validator, one message format: an int for a float parameter is
-            # fine, a string for an int names the parameter).
-            descriptor = ParameterDescriptor(description=descriptions[name], dynamic_typing=True,
-                                             read_only=name not in RUNTIME_PARAMETERS)
-            self.declare_parameter(name, default, descriptor)
-        values = {name: self.get_parameter(name).value for name in defaults}
-        overrides = getattr(self, "_parameter_overrides", {})
-        # rclpy's own parameters (use_sim_time, qos_overrides.*) may sit in a shared params file.
-        unknown = sorted(name for name in overrides
-                         if not self.has_parameter(name) and not is_ros_own_parameter(name))
-        try:
-            if unknown:
-                raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(defaults)}")
-            return NodeConfig.from_dict(values).validate()
-        except ConfigError as exc:
-            raise StartupError(f"invalid parameters: {exc}", EXIT_BAD_PARAMETERS) from None
-
     def _on_set_parameters(self, parameters: list) -> SetParametersResult:
-        """`ros2 param set` on a runtime parameter: validated with the start-up rules, applied from the next pair.
-        (rclpy itself refuses read-only ones, naming them.)"""
-        changes = {p.name: p.value for p in parameters if p.name in RUNTIME_PARAMETERS}
-        if not changes:
-            return SetParametersResult(successful=True)
+        """`ros2 param set` on a runtime parameter, applied from the next pair (node_parameters.runtime_change)."""
         try:
-            values = self.config.as_dict()
-            values.update(changes)
-            config = NodeConfig.from_dict(values).validate(check_files=False)
-            iters = config.iters or None
-            if "iters" in changes and iters != self.estimator.iters:
-                self.estimator.iters = iters  # the backend refuses what it cannot do (ValueError)
+            config = runtime_change(self.config, self.estimator, parameters)
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        self.config = dataclasses.replace(self.config, **{name: getattr(config, name) for name in changes})
-        self.pipeline.confidence_threshold = self.config.confidence_threshold
-        self.get_logger().info("parameters set: " + ", ".join(f"{k} = {getattr(config, k)}" for k in changes))
+        if config is not self.config:
+            self.config = config
+            self.pipeline.confidence_threshold = config.confidence_threshold
+            self.get_logger().info("parameters set: " + ", ".join(f"{p.name} = {p.value}" for p in parameters))
         return SetParametersResult(successful=True)
 
     # -- callbacks (executor thread) --------------------------------------------------------------------------
@@ -324,19 +277,10 @@ class StereoDepthNode(Node):
         snap["stale_images"] = self.sync.stats.dropped_stale
         snap["pairs_without_camera_info"] = self.sync.stats.missing_info
         snap.update(self.capture.counters() if self.capture is not None else {"capture": "off"})
-        status = DiagnosticStatus()
-        status.name = f"{self.get_fully_qualified_name()}: stereo depth"
-        status.hardware_id = self._hardware_id
+        self.pub_diagnostics.publish(diagnostic_array(
+            snap, f"{self.get_fully_qualified_name()}: stereo depth", self._hardware_id,
+            {"backend": self.config.backend, "sync": self.sync.implementation}, self.get_clock().now().to_msg()))
         idle = snap["received_pairs"] == 0
-        warn, status.message = status_message(snap)
-        status.level = DiagnosticStatus.WARN if warn else DiagnosticStatus.OK
-        status.values = [KeyValue(key="backend", value=self.config.backend),
-                         KeyValue(key="sync", value=self.sync.implementation)]
-        status.values += [KeyValue(key=key, value=format_value(value)) for key, value in snap.items()]
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [status]
-        self.pub_diagnostics.publish(array)
         now = time.monotonic()
         if not idle and now - self._last_status_log >= max(STATUS_LOG_PERIOD_S, self.config.diagnostics_period):
             self._last_status_log = now

@@ -1,0 +1,77 @@
+"""The node's parameters through rclpy: declared from `NodeConfig`, read and validated once at start-up, and the
+runtime changes `ros2 param set` may make (`RUNTIME_PARAMETERS`), validated with the same rules.
+
+Kept apart from `node.py` so the node stays wiring: this module decides what a parameter may be, the node only
+applies the result.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from rcl_interfaces.msg import ParameterDescriptor
+
+from stereo_depth_ros.config import RUNTIME_PARAMETERS, ConfigError, NodeConfig, is_ros_own_parameter
+
+EXIT_BAD_PARAMETERS = 2
+EXIT_BACKEND_FAILED = 1
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (bad parameters or a backend that fails to load); `code` is the exit status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def declare_and_read(node: Any) -> NodeConfig:
+    """Declare every NodeConfig parameter on `node` (runtime ones writable, the rest read-only) and return the
+    validated config. Raises StartupError (exit 2) naming an unknown or invalid parameter."""
+    defaults = NodeConfig().as_dict()
+    descriptions = NodeConfig.parameter_descriptions()
+    for name, default in defaults.items():
+        # Typing is left to NodeConfig (one validator, one message format: an int for a float parameter is
+        # fine, a string for an int names the parameter).
+        descriptor = ParameterDescriptor(description=descriptions[name], dynamic_typing=True,
+                                         read_only=name not in RUNTIME_PARAMETERS)
+        node.declare_parameter(name, default, descriptor)
+    values = {name: node.get_parameter(name).value for name in defaults}
+    overrides = getattr(node, "_parameter_overrides", {})
+    # rclpy's own parameters (use_sim_time, qos_overrides.*) may sit in a shared params file.
+    unknown = sorted(name for name in overrides if not node.has_parameter(name) and not is_ros_own_parameter(name))
+    try:
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(defaults)}")
+        return NodeConfig.from_dict(values).validate()
+    except ConfigError as exc:
+        raise StartupError(f"invalid parameters: {exc}", EXIT_BAD_PARAMETERS) from None
+
+
+def runtime_change(config: NodeConfig, estimator: Any, parameters: list) -> NodeConfig:
+    """The config after a `ros2 param set` of runtime parameters (others are rclpy's to refuse: read-only).
+
+    Validated with the start-up rules; an `iters` change goes to the estimator at once, which refuses what it
+    cannot do (ONNX: fixed at export). Raises ValueError with the reason; nothing changes then.
+    """
+    changes = {p.name: p.value for p in parameters if p.name in RUNTIME_PARAMETERS}
+    if not changes:
+        return config
+    values = config.as_dict()
+    values.update(changes)
+    checked = NodeConfig.from_dict(values).validate(check_files=False)
+    iters = checked.iters or None
+    if "iters" in changes and iters != estimator.iters:
+        estimator.iters = iters
+    return dataclasses.replace(config, **{name: getattr(checked, name) for name in changes})
+
+
+def ready_line(config: NodeConfig, estimator: Any, sync_implementation: str, capture: Any) -> str:
+    """The one log line that says the node is up and what it runs."""
+    providers = getattr(estimator, "providers", None)  # onnxruntime: the provider in use first
+    return (f"ready: backend {config.backend}"
+            + (f" ({config.model}, {config.model_path})" if config.backend != "opencv_sgbm" else "")
+            + (f" on {providers[0]}" if providers else "")
+            + f", {'approximate' if config.approximate_sync else 'exact'} sync ({sync_implementation}), "
+            f"{'system default' if config.use_system_default_qos else 'sensor-data'} QoS, capture "
+            + (f"into {capture.root} ({capture.counters()['capture']})" if capture else "off"))
