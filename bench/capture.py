@@ -25,19 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stereo_depth_ros.dataset_layout import folder_bytes, sample_names  # noqa: E402
-from stereo_devkit.client import StereoClient, diagnostic_values, image_message, stamp_from_seconds  # noqa: E402
-from stereo_devkit.motorcycle import FRAME_ID, motorcycle_rig  # noqa: E402
+from stereo_devkit.client import RigStreamer, StereoClient, diagnostic_values  # noqa: E402
+from stereo_devkit.motorcycle import motorcycle_rig  # noqa: E402
 from stereo_devkit.node_process import NodeProcess, isolated_ros_env, node_command  # noqa: E402
 
 PROFILE = REPO / "config" / "fastdds_shm.xml"
 
 
 def run(args: argparse.Namespace, capture: bool) -> dict:
-    import cv2
-
     width, height = (int(v) for v in args.size.split("x"))
-    rig = motorcycle_rig(width)
-    left, right = (cv2.resize(view, (width, height)) for view in (rig.left, rig.right))
+    rig = motorcycle_rig(width).fit_rows(height)
     params: dict[str, object] = {"backend": "opencv_sgbm", "max_disparity": args.max_disparity,
                                  "diagnostics_period": 0.5}
     with tempfile.TemporaryDirectory(prefix="bench_capture_") as tmp:
@@ -51,33 +48,15 @@ def run(args: argparse.Namespace, capture: bool) -> dict:
                 StereoClient(env, outputs=("disparity",)) as client:
             if not client.wait_for_node(60.0):
                 raise SystemExit(f"node did not come up:\n{node.log()[-2000:]}")
-            sent: dict[tuple[int, int], float] = {}
-
-            def publish(info_lead: float = 0.0):
-                stamp = stamp_from_seconds(time.time())
-                left_info, right_info = rig.camera_infos(stamp)
-                left_info.height = right_info.height = height
-                client.publish(image_message(left, "rgb8", stamp, FRAME_ID),
-                               image_message(right, "rgb8", stamp, FRAME_ID), left_info, right_info,
-                               info_lead=info_lead)
-                sent[(stamp.sec, stamp.nanosec)] = time.time()
-                return stamp
-
-            warm = publish(info_lead=0.3)
+            streamer = RigStreamer(client, rig)
+            warm = streamer.publish(info_lead=0.3)
             if client.wait_for_stamp("disparity", warm, timeout=120.0) is None:
                 raise SystemExit(f"no output during warm-up:\n{node.log()[-2000:]}")
             first = client.count("disparity")
-            start = next_time = time.monotonic()
-            count = 0
-            while time.monotonic() - start < args.seconds:
-                last = publish()
-                count += 1
-                next_time += 1.0 / args.rate
-                time.sleep(max(0.0, next_time - time.monotonic()))
+            count, last = streamer.stream(args.rate, seconds=args.seconds)
             client.wait_for_stamp("disparity", last, timeout=60.0)
             outputs = client.received["disparity"][first:]
-            latencies = np.array([item.stamp - sent[(item.msg.header.stamp.sec, item.msg.header.stamp.nanosec)]
-                                  for item in outputs]) * 1e3
+            latencies = np.array(streamer.latencies_s(outputs)) * 1e3
             diag = client.wait_for("diagnostics", None, timeout=5.0, start=client.count("diagnostics"))
             values = diagnostic_values(diag) if diag is not None else {}
             if capture:  # let the writer finish: every pair offered is then written or dropped

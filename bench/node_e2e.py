@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stereo_depth_ros.sync import stamp_ns  # noqa: E402
-from stereo_devkit.client import StereoClient, diagnostic_values, image_message, stamp_from_seconds  # noqa: E402
+from stereo_devkit.client import RigStreamer, StereoClient, diagnostic_values, image_message, stamp_from_seconds  # noqa: E402
 from stereo_devkit.node_process import NodeProcess, isolated_ros_env, node_command  # noqa: E402
 
 PROFILE = REPO / "config" / "fastdds_shm.xml"
@@ -112,16 +112,10 @@ def _ms(value) -> str:
 # -- node -------------------------------------------------------------------------------------------------------
 
 def bench_node(args: argparse.Namespace) -> None:
-    from stereo_devkit.motorcycle import FRAME_ID, motorcycle_rig
+    from stereo_devkit.motorcycle import motorcycle_rig
 
     width, height = parse_size(args.size)
-    rig = motorcycle_rig(width)
-    if rig.height != height:  # keep the camera's aspect: crop or pad rows to the requested height
-        import cv2
-
-        rig.left = cv2.resize(rig.left, (width, height))
-        rig.right = cv2.resize(rig.right, (width, height))
-        rig.cy *= height / rig.gt_disparity.shape[0]
+    rig = motorcycle_rig(width).fit_rows(height)  # the camera's aspect kept: rows cropped or padded
     params: dict[str, object] = {"backend": args.backend, "max_disparity": args.max_disparity}
     if args.backend == "torch":
         weights = REPO / "weights" / "sceneflow.pth"
@@ -138,39 +132,22 @@ def bench_node(args: argparse.Namespace) -> None:
                 StereoClient(env, outputs=("disparity",)) as client:
             if not client.wait_for_node(60.0):
                 raise SystemExit(f"node did not come up:\n{node.log()[-2000:]}")
-            sent: dict[tuple[int, int], float] = {}
-
-            def publish(info_lead: float = 0.0):
-                stamp = stamp_from_seconds(time.time())
-                left_info, right_info = rig.camera_infos(stamp)
-                left_info.height = right_info.height = height
-                client.publish(image_message(rig.left, "rgb8", stamp, FRAME_ID),
-                               image_message(rig.right, "rgb8", stamp, FRAME_ID), left_info, right_info,
-                               info_lead=info_lead)
-                sent[(stamp.sec, stamp.nanosec)] = time.time()
-                return stamp
-
+            streamer = RigStreamer(client, rig)
             # Warm-up: the first inference pays for lazy initialisation.
-            warm = publish(info_lead=0.3)
+            warm = streamer.publish(info_lead=0.3)
             if client.wait_for_stamp("disparity", warm, timeout=300.0) is None:
                 raise SystemExit(f"no output during warm-up:\n{node.log()[-2000:]}")
             first_index = client.count("disparity")
             start = time.monotonic()
-            next_time = start
-            while time.monotonic() - start < args.seconds:
-                last = publish()
-                next_time += 1.0 / args.rate
-                time.sleep(max(0.0, next_time - time.monotonic()))
+            inputs, last = streamer.stream(args.rate, seconds=args.seconds)
             client.wait_for_stamp("disparity", last, timeout=300.0)
             elapsed = time.monotonic() - start
             outputs = client.received["disparity"][first_index:]
-            latencies = [item.stamp - sent[(item.msg.header.stamp.sec, item.msg.header.stamp.nanosec)]
-                         for item in outputs if (item.msg.header.stamp.sec, item.msg.header.stamp.nanosec) in sent]
+            latencies = streamer.latencies_s(outputs)
             diag = client.wait_for("diagnostics", None, timeout=5.0, start=max(client.count("diagnostics") - 1, 0))
             node.stop()
     values = diagnostic_values(diag) if diag is not None else {}
     lat = np.array(latencies) * 1e3
-    inputs = len([k for k in sent]) - 1
     print(f"node: backend {args.backend}{' (' + str(params.get('model_path')) + ')' if 'model_path' in params else ''}"
           f", {width}x{height} rgb8 at {args.rate} Hz for {args.seconds:.0f} s, Fast DDS profile "
           f"{'off' if args.no_profile else 'on'}")

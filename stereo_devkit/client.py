@@ -225,3 +225,45 @@ def stereo_camera_infos(width: int, height: int, fx: float, cx_left: float, cy: 
         info.header.frame_id = frame_id
         infos.append(info)
     return infos[0], infos[1]
+
+
+class RigStreamer:
+    """Streams one stereo rig through a StereoClient, each pair stamped with the wall clock as it goes out, so
+    that an output's receipt time minus its stamp is the end-to-end latency through the node.
+
+    rig: a `stereo_devkit.motorcycle.StereoRig` (or anything with left, right and camera_infos(stamp)).
+    """
+
+    def __init__(self, client: StereoClient, rig: Any, encoding: str = "rgb8", frame_id: str | None = None) -> None:
+        from stereo_devkit.motorcycle import FRAME_ID
+
+        self.client, self.rig, self.encoding = client, rig, encoding
+        self.frame_id = frame_id or FRAME_ID
+        self.sent: dict[tuple[int, int], float] = {}  # (sec, nanosec) -> time.time() when published
+
+    def publish(self, info_lead: float = 0.0) -> Any:
+        """One pair with its camera_info, stamped now; returns the stamp."""
+        stamp = stamp_from_seconds(time.time())
+        left_info, right_info = self.rig.camera_infos(stamp)
+        self.client.publish(image_message(self.rig.left, self.encoding, stamp, self.frame_id),
+                            image_message(self.rig.right, self.encoding, stamp, self.frame_id),
+                            left_info, right_info, info_lead=info_lead)
+        self.sent[(stamp.sec, stamp.nanosec)] = stamp.sec + stamp.nanosec * 1e-9
+        return stamp
+
+    def stream(self, rate: float, seconds: float | None = None, pairs: int | None = None,
+               first_info_lead: float = 0.0) -> tuple[int, Any]:
+        """Publish at `rate` Hz for `seconds` or `pairs` pairs (whichever is given); returns (count, last stamp)."""
+        count, last, next_time = 0, None, time.monotonic()
+        start = next_time
+        while (pairs is None or count < pairs) and (seconds is None or time.monotonic() - start < seconds):
+            last = self.publish(info_lead=first_info_lead if count == 0 else 0.0)
+            count += 1
+            next_time += 1.0 / rate
+            time.sleep(max(0.0, next_time - time.monotonic()))
+        return count, last
+
+    def latencies_s(self, received: Sequence[Received]) -> list[float]:
+        """Stamp-to-receipt seconds of the received outputs whose pair this streamer sent."""
+        return [item.stamp - self.sent[key] for item in received
+                if (key := (item.msg.header.stamp.sec, item.msg.header.stamp.nanosec)) in self.sent]

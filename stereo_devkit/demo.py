@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,9 @@ from typing import Any
 import numpy as np
 
 from stereo_depth_ros.atomic_io import atomic_write_json
-from stereo_depth_ros.sync import stamp_ns
-from stereo_devkit.client import StereoClient, diagnostic_values, image_message, stamp_from_seconds
+from stereo_devkit.client import RigStreamer, StereoClient, diagnostic_values
 from stereo_devkit.node_process import NodeProcess, isolated_ros_env, node_command, package_fastdds_profile
-from stereo_devkit.motorcycle import FRAME_ID, StereoRig, motorcycle_rig
+from stereo_devkit.motorcycle import StereoRig, motorcycle_rig
 from stereo_devkit.outputs import colourise, write_png, write_ply
 from stereo_devkit.metrics import compute_metrics, describe_metrics
 
@@ -114,29 +112,20 @@ def stream(args: argparse.Namespace, rig: StereoRig, params: dict[str, object], 
     shutil.rmtree(workdir, ignore_errors=True)
     env = isolated_ros_env(workdir, fastdds_profile=package_fastdds_profile())
     log_path = workdir / "node.log"
-    sent: set[int] = set()  # stamps (ns) of the pairs published; each stamp is its publication time
     with NodeProcess(node_command(params), env, log_path) as node, StereoClient(env) as client:
         if not client.wait_for_node(timeout=60.0):
             node.stop()
             raise DemoError(f"the node did not come up; its log ({log_path}):\n{node.log()[-3000:]}")
         print(f"[demo] node up (domain {env['ROS_DOMAIN_ID']}, log {log_path})")
-        next_time = time.monotonic()
-        for index in range(args.frames):
-            stamp = stamp_from_seconds(time.time())
-            left_msg = image_message(rig.left, "rgb8", stamp, FRAME_ID)
-            client.publish(left_msg, image_message(rig.right, "rgb8", stamp, FRAME_ID), *rig.camera_infos(stamp),
-                           info_lead=0.2 if index == 0 else 0.0)
-            sent.add(stamp_ns(left_msg))
-            next_time += 1.0 / args.rate
-            time.sleep(max(0.0, next_time - time.monotonic()))
+        streamer = RigStreamer(client, rig)
+        _, stamp = streamer.stream(args.rate, pairs=args.frames, first_info_lead=0.2)
         # The newest pair always gets processed (older ones may be dropped while inference is busy).
         disparity = client.wait_for_stamp("disparity", stamp, timeout=args.timeout)
         depth = client.wait_for_stamp("depth", stamp, timeout=10.0)
         cloud = client.wait_for_stamp("points2", stamp, timeout=10.0)
         diag = client.wait_for("diagnostics", lambda m: (diagnostic_values(m) or {}).get("processed_pairs", "0") != "0",
                                timeout=10.0, start=max(client.count("diagnostics") - 1, 0))
-        latencies = [item.stamp - stamp_ns(item.msg) * 1e-9 for item in list(client.received["disparity"])
-                     if stamp_ns(item.msg) in sent]
+        latencies = streamer.latencies_s(list(client.received["disparity"]))
         code = node.stop()
     if disparity is None or depth is None:
         raise DemoError(f"no output for the last pair; node log ({log_path}):\n{log_path.read_text()[-3000:]}")

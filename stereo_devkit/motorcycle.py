@@ -73,6 +73,25 @@ class StereoRig:
     def doffs(self) -> float:
         return self.cx_right - self.cx_left
 
+    def fit_rows(self, height: int) -> "StereoRig":
+        """The same rig with exactly `height` rows: rows cropped or replicated evenly at the top and bottom, the
+        principal point moved with them (the geometry stays exact, unlike a resize of one axis). For benches that
+        need a camera size such as 640x480 from the 741x500 pair."""
+        extra = height - self.height
+        if extra == 0:
+            return self
+        top = extra // 2
+        if extra > 0:
+            def fit(image: np.ndarray, border: int, value: float = 0.0) -> np.ndarray:
+                return cv2.copyMakeBorder(image, top, extra - top, 0, 0, border, value=value)
+            left, right = fit(self.left, cv2.BORDER_REPLICATE), fit(self.right, cv2.BORDER_REPLICATE)
+            gt = fit(self.gt_disparity, cv2.BORDER_CONSTANT, float("nan"))
+        else:
+            rows = slice(-top, -top + height)
+            left, right, gt = self.left[rows], self.right[rows], self.gt_disparity[rows]
+        return StereoRig(np.ascontiguousarray(left), np.ascontiguousarray(right), np.ascontiguousarray(gt),
+                         self.fx, self.cx_left, self.cx_right, self.cy + top, self.baseline)
+
     def camera_infos(self, stamp: Any = None) -> tuple[Any, Any]:
         """(left, right) sensor_msgs/CameraInfo of this rig (needs the ROS message packages)."""
         from stereo_devkit.client import stereo_camera_infos
