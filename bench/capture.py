@@ -49,8 +49,7 @@ def run(args: argparse.Namespace, capture: bool) -> dict:
             if not client.wait_for_node(60.0):
                 raise SystemExit(f"node did not come up:\n{node.log()[-2000:]}")
             streamer = RigStreamer(client, rig)
-            warm = streamer.publish(info_lead=0.3)
-            if client.wait_for_stamp("disparity", warm, timeout=120.0) is None:
+            if not streamer.warm_up(timeout=120.0):
                 raise SystemExit(f"no output during warm-up:\n{node.log()[-2000:]}")
             first = client.count("disparity")
             count, last = streamer.stream(args.rate, seconds=args.seconds)

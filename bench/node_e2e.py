@@ -133,9 +133,7 @@ def bench_node(args: argparse.Namespace) -> None:
             if not client.wait_for_node(60.0):
                 raise SystemExit(f"node did not come up:\n{node.log()[-2000:]}")
             streamer = RigStreamer(client, rig)
-            # Warm-up: the first inference pays for lazy initialisation.
-            warm = streamer.publish(info_lead=0.3)
-            if client.wait_for_stamp("disparity", warm, timeout=300.0) is None:
+            if not streamer.warm_up(timeout=300.0):
                 raise SystemExit(f"no output during warm-up:\n{node.log()[-2000:]}")
             first_index = client.count("disparity")
             start = time.monotonic()

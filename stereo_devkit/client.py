@@ -251,6 +251,12 @@ class RigStreamer:
         self.sent[(stamp.sec, stamp.nanosec)] = stamp.sec + stamp.nanosec * 1e-9
         return stamp
 
+    def warm_up(self, timeout: float, topic: str = "disparity") -> bool:
+        """One pair with its camera_info ahead of it; True once its output arrived (the first inference pays
+        for lazy initialisation, so benches start measuring after this)."""
+        stamp = self.publish(info_lead=0.3)
+        return self.client.wait_for_stamp(topic, stamp, timeout=timeout) is not None
+
     def stream(self, rate: float, seconds: float | None = None, pairs: int | None = None,
                first_info_lead: float = 0.0) -> tuple[int, Any]:
         """Publish at `rate` Hz for `seconds` or `pairs` pairs (whichever is given); returns (count, last stamp)."""
