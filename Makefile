@@ -24,7 +24,7 @@ $(STAMP):
 	@rm -f $(VENV)/.installed-*; touch $@
 
 # Lint (ruff) and type check (mypy) of the three packages first (settings in pyproject.toml), then the tests.
-LINTED := stereo_depth_ros training stereo_devkit
+LINTED := stereo_depth_ros training stereo_devkit launch
 test: venv
 	$(PY) -m ruff check $(LINTED)
 	$(PY) -m mypy

@@ -9,17 +9,18 @@ Parameters come from config/stereo.yaml (or `params_file:=`); `backend` and `mod
 the file. Relative `params_file` and `model_path` values are looked for in the working directory, the package's
 share folder and the checkout (stereo_depth_ros/file_search.py gives the order); a params file found nowhere stops
 the launch with the list of places looked. When the node exits with an error (e.g. it cannot start: bad
-parameters, no model file), the launch ends too, with the node's message and a non-zero exit status. By default the Fast DDS profile config/fastdds_shm.xml is put in the environment of the launched
+parameters, no model file), the launch ends too, with the node's message and a non-zero exit status. Every
+argument is checked before anything starts: `rviz:=true` where RViz is not installed stops the launch with one
+line. By default the Fast DDS profile config/fastdds_shm.xml is put in the environment of the launched
 processes: its large shared-memory segment keeps megabyte images fast between processes on one host
 (`use_fastdds_profile:=false` turns it off, e.g. when your own profile is already set).
 """
 import os
 import re
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, SetEnvironmentVariable
-from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit, OnProcessIO
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
@@ -59,7 +60,26 @@ def _node_failure_handlers(node: Node) -> list:
             RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_exit))]
 
 
-def _node(context, *args, **kwargs):
+def _flag(name: str, text: str) -> bool:
+    """A true/false launch argument, read as launch's IfCondition reads it, with a one-line error otherwise."""
+    if text.strip().lower() in ("true", "1"):
+        return True
+    if text.strip().lower() in ("false", "0"):
+        return False
+    raise LaunchStopped(f"{name}: expected true or false, got {text!r}")
+
+
+def _rviz_executable_found() -> bool:
+    try:
+        get_package_share_directory("rviz2")
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+def _actions(context, *args, **kwargs):
+    # Every argument is checked here, before any process starts: an exception raised after a process started
+    # ends the launch without stopping that process, which then runs on as an orphan.
     # Resolved here rather than with substitutions because an empty `backend`/`model_path` must mean
     # "keep the params file's value", which a plain parameter substitution cannot express.
     value = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
@@ -68,6 +88,12 @@ def _node(context, *args, **kwargs):
         params_file = str(find_file(value("params_file"), "params"))
     except FileSearchError as exc:
         raise LaunchStopped(f"params_file: {exc}") from None
+    use_profile = _flag("use_fastdds_profile", value("use_fastdds_profile"))
+    rviz = _flag("rviz", value("rviz"))
+    if rviz and not _rviz_executable_found():
+        raise LaunchStopped("rviz:=true but package 'rviz2' is not installed here (RViz comes with a ROS 2 "
+                            "distribution, not with the pip venv); launch without rviz:=true and run "
+                            "`rviz2 -d <share>/rviz/stereo.rviz` where RViz is installed")
     remappings = [
         ("left/image_rect", value("left_image")),
         ("right/image_rect", value("right_image")),
@@ -84,20 +110,28 @@ def _node(context, *args, **kwargs):
         output="screen",
         emulate_tty=True,
     )
-    return [*_node_failure_handlers(node), node]
+    actions = [SetEnvironmentVariable(_profile_variable(), value("fastdds_profile"))] if use_profile else []
+    actions += [*_node_failure_handlers(node), node]
+    if rviz:
+        share = get_package_share_directory(PACKAGE)
+        actions.append(Node(package="rviz2", executable="rviz2", name="stereo_rviz", namespace=value("namespace"),
+                            arguments=["-d", os.path.join(share, "rviz", "stereo.rviz"), "-f", value("fixed_frame")],
+                            output="screen"))
+    return actions
 
 
 def _profile_variable() -> str:
     # Fast DDS 3 (Jazzy and later) reads FASTDDS_DEFAULT_PROFILES_FILE and warns that the old FASTRTPS_ name is
     # deprecated; Humble's Fast DDS 2.6 only knows the old name.
     old_distros = ("foxy", "galactic", "humble")
-    return "FASTRTPS_DEFAULT_PROFILES_FILE" if os.environ.get("ROS_DISTRO") in old_distros else "FASTDDS_DEFAULT_PROFILES_FILE"
+    if os.environ.get("ROS_DISTRO") in old_distros:
+        return "FASTRTPS_DEFAULT_PROFILES_FILE"
+    return "FASTDDS_DEFAULT_PROFILES_FILE"
 
 
 def generate_launch_description():
     share = get_package_share_directory(PACKAGE)
     profile = os.path.join(share, "config", "fastdds_shm.xml")
-    use_profile = IfCondition(LaunchConfiguration("use_fastdds_profile"))
     arguments = [
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "stereo.yaml"),
@@ -118,19 +152,4 @@ def generate_launch_description():
         DeclareLaunchArgument("fixed_frame", default_value="left_camera_optical_frame",
                               description="RViz fixed frame: the left camera's frame_id unless TF connects them"),
     ]
-    return LaunchDescription(
-        arguments
-        + [
-            SetEnvironmentVariable(_profile_variable(), LaunchConfiguration("fastdds_profile"), condition=use_profile),
-            OpaqueFunction(function=_node),
-            Node(
-                package="rviz2",
-                executable="rviz2",
-                name="stereo_rviz",
-                namespace=LaunchConfiguration("namespace"),
-                arguments=["-d", os.path.join(share, "rviz", "stereo.rviz"), "-f", LaunchConfiguration("fixed_frame")],
-                condition=IfCondition(LaunchConfiguration("rviz")),
-                output="screen",
-            ),
-        ]
-    )
+    return LaunchDescription([*arguments, OpaqueFunction(function=_actions)])

@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,7 @@ from stereo_depth_ros.inference import create_estimator
 from stereo_depth_ros.mailbox import LatestMailbox
 from stereo_depth_ros.messages import OutputMessages, diagnostic_array
 from stereo_depth_ros.node_parameters import (EXIT_BACKEND_FAILED, EXIT_BAD_PARAMETERS, StartupError,
-                                              declare_and_read, ready_line, runtime_change)
+                                              declare_and_read, ready_line, resolve_params_files, runtime_change)
 from stereo_depth_ros.pipeline import PairError, StereoPipeline
 from stereo_depth_ros.postprocess import OutputRequest
 from stereo_depth_ros.sync import StereoFrame, StereoSynchronizer
@@ -297,7 +298,20 @@ class StereoDepthNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
+    try:
+        args = resolve_params_files(sys.argv if args is None else args)
+    except StartupError as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
+        return exc.code
     rclpy.init(args=args)
+    # Python warnings from the backends (a precision this device cannot run, a CUDA graph capture that fell back)
+    # become node log lines, like every other message of the node, instead of a source line on stderr.
+    logger = rclpy.logging.get_logger(NODE_NAME)
+
+    def log_warning(message, category, *_rest, **_kw) -> None:
+        logger.warning(f"{category.__name__}: {message}")
+
+    warnings.showwarning = log_warning
     node = None
     try:
         try:

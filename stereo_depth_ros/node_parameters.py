@@ -12,6 +12,7 @@ from typing import Any
 from rcl_interfaces.msg import ParameterDescriptor
 
 from stereo_depth_ros.config import RUNTIME_PARAMETERS, ConfigError, NodeConfig, is_ros_own_parameter
+from stereo_depth_ros.file_search import FileSearchError, find_file
 
 EXIT_BAD_PARAMETERS = 2
 EXIT_BACKEND_FAILED = 1
@@ -23,6 +24,25 @@ class StartupError(RuntimeError):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+def resolve_params_files(argv: list[str]) -> list[str]:
+    """`argv` with each `--params-file PATH` after `--ros-args` replaced by the file that PATH names, found in
+    the order of stereo_depth_ros.file_search (working directory, share folders, checkout), as the launch file
+    does. Raises StartupError (exit 2) listing the places looked: rcl would end in a traceback at rclpy.init."""
+    resolved = list(argv)
+    in_ros_args = False
+    for index, arg in enumerate(argv):
+        if arg == "--ros-args":
+            in_ros_args = True
+        elif arg == "--":
+            in_ros_args = False
+        elif in_ros_args and argv[index - 1] == "--params-file":
+            try:
+                resolved[index] = str(find_file(arg, "params"))
+            except FileSearchError as exc:
+                raise StartupError(f"--params-file: {exc}", EXIT_BAD_PARAMETERS) from None
+    return resolved
 
 
 def declare_and_read(node: Any) -> NodeConfig:

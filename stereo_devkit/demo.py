@@ -51,6 +51,15 @@ class Streamed:
     node_exit_code: int
 
 
+def _number(text: str | None) -> float | int | None:
+    """A /diagnostics value (DiagnosticStatus values are strings) as a JSON number; None when absent or not one."""
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return int(value) if value is not None and value.is_integer() and "." not in str(text) else value
+
+
 def choose_backend(requested: str, weights_dir: Path) -> tuple[str, dict[str, object], str]:
     """(backend, node parameters, a sentence saying why)."""
     onnx_files = sorted(weights_dir.glob("*.onnx"))
@@ -172,8 +181,8 @@ def run(args: argparse.Namespace) -> int:
         "backend": backend, "width": rig.width, "height": rig.height, "frames_sent": args.frames,
         "frames_processed": int(lat.size), "latency_ms_median": float(np.median(lat)) if lat.size else None,
         "latency_ms_min": float(lat.min()) if lat.size else None,
-        "node_inference_ms": got.diagnostics.get("inference_ms_median"),
-        "dropped_pairs": got.diagnostics.get("dropped_pairs"), "disparity_metrics": errors,
+        "node_inference_ms": _number(got.diagnostics.get("inference_ms_median")),
+        "dropped_pairs": _number(got.diagnostics.get("dropped_pairs")), "disparity_metrics": errors,
         "depth_abs_rel": abs_rel, "points": points, "node_exit_code": got.node_exit_code,
     }
     atomic_write_json(out / "metrics.json", metrics)
@@ -184,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[demo] latency stamp -> disparity received: median {np.median(lat):.1f} ms, min {lat.min():.1f} ms "
               f"(node inference {got.diagnostics.get('inference_ms_median', '?')} ms)")
     print(f"[demo] vs ground truth: {describe_metrics(errors)}; depth abs-rel {abs_rel * 100:.1f} %")
-    print(f"[demo] wrote {out}/disparity.png, depth.png, points.ply ({points} points), metrics.json")
+    print(f"[demo] wrote {out}/disparity.png, disparity_gt.png, depth.png, left.png, points.ply ({points} points), "
+          "metrics.json")
     if backend == "opencv_sgbm":
         print("[demo] this was the opencv_sgbm baseline; put the student's weights in weights/ (weights/README.md) "
               "to run RT-IGEV")

@@ -7,6 +7,7 @@ network inside, and a real export would cost the suite a minute.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,4 +48,7 @@ def test_demo_runs_the_loop_exports(loop_exports, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "rt_igev_distilled_fp32.onnx (onnxruntime, fp32, working size 160x96" in result.stdout
     assert "node stopped with exit status 0" in result.stdout and (out / "depth.png").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    # /diagnostics values are strings on the wire; metrics.json holds numbers.
+    assert isinstance(metrics["dropped_pairs"], int) and isinstance(metrics["node_inference_ms"], float), metrics
     assert "Traceback" not in result.stdout + result.stderr

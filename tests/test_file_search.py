@@ -86,3 +86,21 @@ def test_node_config_resolves_model_path_from_another_directory(elsewhere, tmp_p
     with pytest.raises(ConfigError, match=r"parameter model_path: file 'weights/sceneflow_missing.pth' not found; "
                                           r"looked in: .*cwd/weights/sceneflow_missing.pth, .*install/share"):
         NodeConfig.from_dict({"model_path": "weights/sceneflow_missing.pth"}).validate()
+
+
+def test_ros2_run_params_files_resolve_like_the_launch_file_and_a_missing_one_is_one_line(elsewhere, tmp_path,
+                                                                                          monkeypatch):
+    # rcl itself reads --params-file relative to the working directory and ends in a traceback at rclpy.init.
+    from stereo_depth_ros.node_parameters import EXIT_BAD_PARAMETERS, StartupError, resolve_params_files
+
+    prefix = _prefix(tmp_path / "install", {"config/stereo.yaml": b"stereo_depth_node: {}\n"})
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(prefix))
+    argv = ["stereo_depth_node", "--params-file", "x.yaml", "--ros-args", "-p", "iters:=4",
+            "--params-file", "config/stereo.yaml"]
+    resolved = resolve_params_files(argv)
+    assert resolved[-1] == str(prefix / "share/stereo_depth_ros/config/stereo.yaml")
+    assert resolved[:-1] == argv[:-1]  # only what follows --ros-args is rcl's
+    with pytest.raises(StartupError, match=r"^--params-file: 'nope.yaml' not found; looked in: .*cwd/nope.yaml") \
+            as raised:
+        resolve_params_files(["stereo_depth_node", "--ros-args", "--params-file", "nope.yaml"])
+    assert raised.value.code == EXIT_BAD_PARAMETERS

@@ -48,6 +48,8 @@ def workspace(tmp_path_factory):
     result = subprocess.run(["colcon", "build", "--base-paths", "src"], cwd=ws, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, f"colcon build failed:\n{result.stdout}\n{result.stderr}"
+    # The venv is a complete ament prefix (tools/ament_venv.py): colcon finds its local_setup files.
+    assert "local_setup" not in result.stdout + result.stderr, result.stdout + result.stderr
     share = ws / "install" / "stereo_depth_ros" / "share" / "stereo_depth_ros"
     for installed in ("launch/stereo.launch.py", "config/stereo.yaml", "config/fastdds_shm.xml", "rviz/stereo.rviz",
                       "package.xml"):

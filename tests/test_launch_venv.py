@@ -98,6 +98,29 @@ def test_launch_with_a_params_file_that_is_not_a_file_stops_with_the_places_look
     assert "stereo_depth_node" not in output and "Traceback" not in output, output  # no node was started
 
 
+def test_launch_with_rviz_where_rviz_is_missing_stops_before_starting_anything(activated, tmp_path):
+    # Raised once the node had started, launch left the node running as an orphan.
+    env = _plain_env(tmp_path)
+    if _run(activated, "ros2 pkg prefix rviz2", tmp_path, env).returncode == 0:
+        pytest.skip("rviz2 is installed here; the case under test is a venv without it")
+    result = _run(activated, "ros2 launch stereo_depth_ros stereo.launch.py rviz:=true backend:=opencv_sgbm",
+                  tmp_path, env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "rviz:=true but package 'rviz2' is not installed here" in output, output
+    assert "process started" not in output and "Traceback" not in output, output
+
+
+def test_ros2_run_with_a_params_file_found_nowhere_is_one_line(activated, tmp_path):
+    env = _plain_env(tmp_path)
+    result = _run(activated, "ros2 run stereo_depth_ros stereo_depth_node --ros-args --params-file nope.yaml",
+                  tmp_path, env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"--params-file: 'nope.yaml' not found; looked in: {tmp_path / 'nope.yaml'}" in output, output
+    assert "Traceback" not in output, output
+
+
 def test_ros2_run_finds_the_node_and_the_model_in_an_installed_share_folder(activated, tmp_path):
     """A model installed into another prefix's share/stereo_depth_ros/weights/ is found by its relative name."""
     pytest.importorskip("torch")
@@ -111,10 +134,13 @@ def test_ros2_run_finds_the_node_and_the_model_in_an_installed_share_folder(acti
     save_checkpoint(weights, load_model("rt_igev"))  # the seeded init: what matters here is where it is found
     env = _plain_env(tmp_path)
     command = (f'export AMENT_PREFIX_PATH="$AMENT_PREFIX_PATH:{prefix}" && exec ros2 run stereo_depth_ros '
-               "stereo_depth_node --ros-args -p model_path:=seeded_student.pth -p device:=cpu")
+               "stereo_depth_node --ros-args -p model_path:=seeded_student.pth -p device:=cpu -p precision:=bf16")
     with NodeProcess(["bash", "-c", activated + command], env, tmp_path / "run.log", cwd=tmp_path) as node:
         assert node.wait_for_log("ready: backend torch", timeout=90.0), node.log()
         code = node.stop(timeout=30.0)
     log = node.log()
     assert f"(rt_igev, {weights})" in log, log
     assert code == 0 and "Traceback" not in log, log
+    # bf16 without CUDA: the backend's Python warning is a node log line, not a source line on stderr.
+    assert re.search(r"\[WARN\] \[[0-9.]+\] \[stereo_depth_node\]: UserWarning: precision 'bf16' needs CUDA", log), log
+    assert "warnings.warn" not in log, log

@@ -10,7 +10,10 @@ package. This script, run by `make venv` after the editable install (idempotent)
 - links lib/stereo_depth_ros/<script> to bin/<script> for each console script: where `ros2 run` and launch_ros
   look for a package's executables;
 - makes bin/activate put the venv first on AMENT_PREFIX_PATH (which ament_index_python reads) and deactivate
-  take it off again; drops a COLCON_IGNORE so that a `colcon build` over the checkout never crawls the venv.
+  take it off again; drops a COLCON_IGNORE so that a `colcon build` over the checkout never crawls the venv;
+- writes local_setup.sh/.bash/.zsh, which every ament prefix has: colcon warns about a prefix on AMENT_PREFIX_PATH
+  without them, and the install/setup.bash of a workspace built with the venv active sources them (they put the
+  venv on AMENT_PREFIX_PATH, nothing else).
 
     python tools/ament_venv.py .venv
 """
@@ -105,6 +108,20 @@ def patch_activate(prefix: Path) -> bool:
     return True
 
 
+def write_local_setup(prefix: Path) -> None:
+    """local_setup.{sh,bash,zsh}: the venv on AMENT_PREFIX_PATH (absolute, like bin/activate's VIRTUAL_ENV)."""
+    script = (f"{MARK}\n"
+              f'case ":${{AMENT_PREFIX_PATH:-}}:" in\n'
+              f'  *":{prefix}:"*) ;;\n'
+              f'  *) AMENT_PREFIX_PATH="{prefix}${{AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}}"\n'
+              f"     export AMENT_PREFIX_PATH ;;\n"
+              f"esac\n")
+    for shell in ("sh", "bash", "zsh"):
+        path = prefix / f"local_setup.{shell}"
+        path.write_text(script)
+        path.chmod(0o644)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
@@ -116,6 +133,7 @@ def main(argv: list[str]) -> int:
     links = link_package(prefix)
     patched = patch_activate(prefix)
     (prefix / "COLCON_IGNORE").touch()
+    write_local_setup(prefix)
     print(f"{prefix}: ament prefix for {PACKAGE} ({len(links)} links"
           + ("; bin/activate now sets AMENT_PREFIX_PATH)" if patched else ")"))
     return 0
