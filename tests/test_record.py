@@ -1,6 +1,6 @@
 """`stereo-distill record` over real DDS: its own process against a publisher process; the bag is read back
-with rosbags and `extract`, which must give the published pixels exactly. Run under /work/isolate (or any
-private network namespace): discovery stays on localhost in a domain of this test process."""
+with rosbags and `extract`, which must give the published pixels exactly. Discovery stays on localhost in a
+domain of this test process, so concurrent runs on one machine do not meet."""
 from __future__ import annotations
 
 import signal
