@@ -298,26 +298,26 @@ class StereoDepthNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
+    logger = rclpy.logging.get_logger(NODE_NAME)
     try:
         args = resolve_params_files(sys.argv if args is None else args)
     except StartupError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
+        logger.fatal(str(exc))
         return exc.code
     rclpy.init(args=args)
-    # Python warnings from the backends (a precision this device cannot run, a CUDA graph capture that fell back)
-    # become node log lines, like every other message of the node, instead of a source line on stderr.
-    logger = rclpy.logging.get_logger(NODE_NAME)
 
     def log_warning(message, category, *_rest, **_kw) -> None:
         logger.warning(f"{category.__name__}: {message}")
 
+    # Python warnings from the backends (a precision this device cannot run, a CUDA graph capture that fell back)
+    # become node log lines, like every other message of the node, instead of a source line on stderr.
     warnings.showwarning = log_warning
     node = None
     try:
         try:
             node = StereoDepthNode()
         except StartupError as exc:
-            rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
+            logger.fatal(str(exc))
             return exc.code
         executor = SingleThreadedExecutor()
         executor.add_node(node)

@@ -53,11 +53,12 @@ class Streamed:
 
 def _number(text: str | None) -> float | int | None:
     """A /diagnostics value (DiagnosticStatus values are strings) as a JSON number; None when absent or not one."""
-    try:
-        value = float(text) if text is not None else None
-    except ValueError:
-        return None
-    return int(value) if value is not None and value.is_integer() and "." not in str(text) else value
+    for kind in (int, float):
+        try:
+            return kind(text)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+    return None
 
 
 def choose_backend(requested: str, weights_dir: Path) -> tuple[str, dict[str, object], str]:
