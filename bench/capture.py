@@ -25,9 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stereo_depth_ros.dataset_layout import folder_bytes, sample_names  # noqa: E402
-from stereo_devkit.client import RigStreamer, StereoClient, diagnostic_values  # noqa: E402
+from stereo_devkit.client import diagnostic_values  # noqa: E402
 from stereo_devkit.motorcycle import motorcycle_rig  # noqa: E402
-from stereo_devkit.node_process import NodeProcess, isolated_ros_env, node_command  # noqa: E402
+from stereo_devkit.node_process import isolated_ros_env  # noqa: E402
+
+from node_stream import stream_and_collect, warmed_up_node  # noqa: E402  (bench/, beside this script)
 
 PROFILE = REPO / "config" / "fastdds_shm.xml"
 
@@ -44,18 +46,8 @@ def run(args: argparse.Namespace, capture: bool) -> dict:
                           capture_max_megabytes=0.0)
         env = isolated_ros_env(tmp, fastdds_profile=PROFILE)
         load = os.getloadavg()[0]
-        with NodeProcess(node_command(params), env, Path(tmp) / "node.log", cwd=REPO) as node, \
-                StereoClient(env, outputs=("disparity",)) as client:
-            if not client.wait_for_node(60.0):
-                raise SystemExit(f"node did not come up:\n{node.log()[-2000:]}")
-            streamer = RigStreamer(client, rig)
-            if not streamer.warm_up(timeout=120.0):
-                raise SystemExit(f"no output during warm-up:\n{node.log()[-2000:]}")
-            first = client.count("disparity")
-            count, last = streamer.stream(args.rate, seconds=args.seconds)
-            client.wait_for_stamp("disparity", last, timeout=60.0)
-            outputs = client.received["disparity"][first:]
-            latencies = np.array(streamer.latencies_s(outputs)) * 1e3
+        with warmed_up_node(params, env, tmp, rig, warmup_timeout=120.0) as (node, client, streamer):
+            streamed = stream_and_collect(client, streamer, args.rate, args.seconds, timeout=60.0)
             diag = client.wait_for("diagnostics", None, timeout=5.0, start=client.count("diagnostics"))
             values = diagnostic_values(diag) if diag is not None else {}
             if capture:  # let the writer finish: every pair offered is then written or dropped
@@ -68,9 +60,8 @@ def run(args: argparse.Namespace, capture: bool) -> dict:
                         values.update({k: v for k, v in now.items() if k.startswith("capture")})
                         break
             node.stop()
-        times = [item.stamp for item in outputs]
-        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
-        return {"load": load, "sent": count, "published": len(outputs), "rate": rate,
+        latencies = streamed.latencies_ms
+        return {"load": load, "sent": streamed.sent, "published": len(streamed.outputs), "rate": streamed.rate,
                 "latency": float(np.median(latencies)) if latencies.size else float("nan"), "values": values,
                 "samples": len(sample_names(folder)), "megabytes": folder_bytes(folder) / 1e6 if capture else 0.0}
 

@@ -33,8 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stereo_depth_ros.sync import stamp_ns  # noqa: E402
-from stereo_devkit.client import RigStreamer, StereoClient, diagnostic_values, image_message, stamp_from_seconds  # noqa: E402
-from stereo_devkit.node_process import NodeProcess, isolated_ros_env, node_command  # noqa: E402
+from stereo_devkit.client import diagnostic_values, image_message, stamp_from_seconds  # noqa: E402
+from stereo_devkit.node_process import isolated_ros_env  # noqa: E402
+
+from node_stream import stream_and_collect, warmed_up_node  # noqa: E402  (bench/, beside this script)
 
 PROFILE = REPO / "config" / "fastdds_shm.xml"
 
@@ -128,32 +130,19 @@ def bench_node(args: argparse.Namespace) -> None:
         params["model_path"] = args.model_path
     with tempfile.TemporaryDirectory(prefix="bench_node_") as tmp:
         env = isolated_ros_env(tmp, fastdds_profile=None if args.no_profile else PROFILE)
-        with NodeProcess(node_command(params), env, Path(tmp) / "node.log", cwd=REPO) as node, \
-                StereoClient(env, outputs=("disparity",)) as client:
-            if not client.wait_for_node(60.0):
-                raise SystemExit(f"node did not come up:\n{node.log()[-2000:]}")
-            streamer = RigStreamer(client, rig)
-            if not streamer.warm_up(timeout=300.0):
-                raise SystemExit(f"no output during warm-up:\n{node.log()[-2000:]}")
-            first_index = client.count("disparity")
+        with warmed_up_node(params, env, tmp, rig, warmup_timeout=300.0) as (node, client, streamer):
             start = time.monotonic()
-            inputs, last = streamer.stream(args.rate, seconds=args.seconds)
-            client.wait_for_stamp("disparity", last, timeout=300.0)
+            streamed = stream_and_collect(client, streamer, args.rate, args.seconds, timeout=300.0)
             elapsed = time.monotonic() - start
-            outputs = client.received["disparity"][first_index:]
-            latencies = streamer.latencies_s(outputs)
             diag = client.wait_for("diagnostics", None, timeout=5.0, start=max(client.count("diagnostics") - 1, 0))
             node.stop()
     values = diagnostic_values(diag) if diag is not None else {}
-    lat = np.array(latencies) * 1e3
+    lat = streamed.latencies_ms
     print(f"node: backend {args.backend}{' (' + str(params.get('model_path')) + ')' if 'model_path' in params else ''}"
           f", {width}x{height} rgb8 at {args.rate} Hz for {args.seconds:.0f} s, Fast DDS profile "
           f"{'off' if args.no_profile else 'on'}")
-    times = [item.stamp for item in outputs]
-    # Sustained rate: between the first and the last output of the measured stream (the warm-up excluded).
-    rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
-    print(f"  sent {inputs} pairs in {args.seconds:.0f} s, published {len(outputs)} (the node keeps only the newest "
-          f"pair while busy) -> sustained {rate:.2f} Hz; whole run {elapsed:.1f} s")
+    print(f"  sent {streamed.sent} pairs in {args.seconds:.0f} s, published {len(streamed.outputs)} (the node keeps "
+          f"only the newest pair while busy) -> sustained {streamed.rate:.2f} Hz; whole run {elapsed:.1f} s")
     if lat.size:
         print(f"  latency stamp -> disparity at the client: median {np.median(lat):.0f} ms, min {lat.min():.0f} ms, "
               f"max {lat.max():.0f} ms")
