@@ -33,7 +33,7 @@ from stereo_depth_ros.inference.base import StereoEstimate, StereoEstimator
 from stereo_depth_ros.messages import OutputMessages
 from stereo_depth_ros.pipeline import StereoPipeline
 from stereo_depth_ros.postprocess import OutputRequest
-from stereo_depth_ros.sync import StereoSynchronizer
+from stereo_depth_ros.inputs.sync import StereoSynchronizer
 
 STAGES = ("sync", "convert", "geometry+checks", "rescale", "postprocess", "messages")
 

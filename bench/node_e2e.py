@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stereo_depth_ros.sync import stamp_ns  # noqa: E402
+from stereo_depth_ros.inputs.sync import stamp_ns  # noqa: E402
 from stereo_devkit.client import diagnostic_values, image_message, stamp_from_seconds  # noqa: E402
 from stereo_devkit.node_process import isolated_ros_env  # noqa: E402
 

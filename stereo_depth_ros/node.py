@@ -47,7 +47,7 @@ from stereo_depth_ros.node_parameters import (EXIT_BACKEND_FAILED, EXIT_BAD_PARA
                                               declare_and_read, ready_line, resolve_params_files, runtime_change)
 from stereo_depth_ros.pipeline import PairError, StereoPipeline
 from stereo_depth_ros.postprocess import OutputRequest
-from stereo_depth_ros.sync import StereoFrame, StereoSynchronizer
+from stereo_depth_ros.inputs.sync import StereoFrame, StereoSynchronizer
 
 NODE_NAME = "stereo_depth_node"
 WARNING_PERIOD_S = 5.0

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from stereo_depth_ros.sync import StereoSynchronizer, message_filters_available
+from stereo_depth_ros.inputs.sync import StereoSynchronizer, message_filters_available
 
 MF_OK, MF_WHY = message_filters_available()
 MF_SKIP = f"needs the ROS tooling wheels (message_filters, from ../shared/ros/wheels): {MF_WHY}"

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from stereo_depth_ros.sync import stamp_ns
+from stereo_depth_ros.inputs.sync import stamp_ns
 
 from .cli import CliError
 
