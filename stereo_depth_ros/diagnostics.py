@@ -144,8 +144,11 @@ def summary_line(snap: dict[str, float | int | str]) -> str:
     )
 
 
-def status_message(snap: dict[str, float | int | str]) -> tuple[bool, str]:
-    """(is a warning, message) of the /diagnostics status for a snapshot."""
+def status_message(snap: dict[str, float | int | str], problems: list[str] | None = None) -> tuple[bool, str]:
+    """(is a warning, message) of the /diagnostics status for a snapshot; input problems (inputs.health) come
+    first and make it a warning."""
+    if problems:
+        return True, " | ".join(problems)
     if snap["received_pairs"] == 0:
         return False, "waiting for stereo pairs"
     if snap["processed_pairs"] == 0 and snap["idle_pairs"]:

@@ -120,13 +120,14 @@ class OutputMessages:
 
 
 def diagnostic_array(snap: dict[str, float | int | str], name: str, hardware_id: str, labels: dict[str, str],
-                     stamp: Any) -> Any:
-    """One DiagnosticStatus (level and message from `diagnostics.status_message`) holding `labels` and every
-    figure of the snapshot as key/value pairs, in a DiagnosticArray stamped `stamp`."""
+                     stamp: Any, problems: list[str] | None = None) -> Any:
+    """One DiagnosticStatus (level and message from `diagnostics.status_message`; WARN with the problems' text
+    when the input health found any) holding `labels` and every figure of the snapshot as key/value pairs, in a
+    DiagnosticArray stamped `stamp`."""
     status = DiagnosticStatus()
     status.name = name
     status.hardware_id = hardware_id
-    warn, status.message = status_message(snap)
+    warn, status.message = status_message(snap, problems or [])
     status.level = DiagnosticStatus.WARN if warn else DiagnosticStatus.OK
     status.values = [KeyValue(key=key, value=value) for key, value in labels.items()]
     status.values += [KeyValue(key=key, value=format_value(value)) for key, value in snap.items()]

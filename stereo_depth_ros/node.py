@@ -31,7 +31,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSPolicyKind, QoSProfile, qos_profile_sensor_data, qos_profile_system_default
+from rclpy.qos import QoSPolicyKind
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
@@ -47,7 +47,9 @@ from stereo_depth_ros.node_parameters import (EXIT_BACKEND_FAILED, EXIT_BAD_PARA
                                               declare_and_read, ready_line, resolve_params_files, runtime_change)
 from stereo_depth_ros.pipeline import PairError, StereoPipeline
 from stereo_depth_ros.postprocess import OutputRequest
+from stereo_depth_ros.inputs.health import PairCounters
 from stereo_depth_ros.inputs.sync import StereoFrame, StereoSynchronizer
+from stereo_depth_ros.node_inputs import NodeInputs
 
 NODE_NAME = "stereo_depth_node"
 WARNING_PERIOD_S = 5.0
@@ -56,6 +58,7 @@ STATUS_LOG_PERIOD_S = 10.0
 # CameraPublisher sends the image first); a few frame periods at the slowest common camera rates.
 INFO_WAIT_S = 0.5
 SYNC_POLL_PERIOD_S = 0.05
+GRAPH_POLL_PERIOD_S = 1.0  # publishers' QoS and counts (input health, reliability that follows the drivers)
 
 
 @dataclass
@@ -94,8 +97,6 @@ class StereoDepthNode(Node):
         self._warmed = bool(self.config.input_width and self.config.input_height)
         self._mailbox: LatestMailbox[_Job] = LatestMailbox()
         self._messages = OutputMessages()
-        self._stale_seen = 0
-        self._newest_stamp = {"left": -1, "right": -1}  # newest image stamp (ns) seen per side
         self._hardware_id = ""
 
         self.sync = StereoSynchronizer(
@@ -106,17 +107,14 @@ class StereoDepthNode(Node):
             info_wait_seconds=INFO_WAIT_S,
             warn=self._warn,
         )
-        base = qos_profile_system_default if self.config.use_system_default_qos else qos_profile_sensor_data
-
-        def qos_in() -> QoSProfile:
-            return QoSProfile(history=base.history, depth=max(self.config.queue_size, 1),
-                              reliability=base.reliability, durability=base.durability)
-
         # As image_pipeline: `qos_overrides./<topic>.subscription.<policy>` (and .publisher.) in a params file
         # take effect on these topics; every policy, not only rclpy's default three (history, depth, reliability).
         overrides = QoSOverridingOptions([kind for kind in QoSPolicyKind if kind is not QoSPolicyKind.INVALID])
-        try:
-            self._create_topics(qos_in, overrides)
+        try:  # inputs: reliable from reliable drivers, still matching best-effort ones (node_inputs, inputs.qos)
+            self.inputs = NodeInputs(self, self.sync, self.config.queue_size, self.config.use_system_default_qos,
+                                     overrides, self._warn, self.config.approximate_sync,
+                                     self.config.approximate_sync_tolerance_seconds, self._on_camera_info)
+            self._create_outputs(overrides)
         except (RuntimeError, ParameterException) as exc:  # a qos_overrides.* value rclpy cannot use
             raise StartupError(f"invalid parameters: QoS override: {exc}", EXIT_BAD_PARAMETERS) from None
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -125,25 +123,16 @@ class StereoDepthNode(Node):
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.create_timer(self.config.diagnostics_period, self._publish_diagnostics, clock=steady)
         self.create_timer(SYNC_POLL_PERIOD_S, self.sync.poll, clock=steady)
+        self.create_timer(GRAPH_POLL_PERIOD_S, self.inputs.poll, clock=steady)
         self._last_status_log = time.monotonic()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._worker = threading.Thread(target=self._work, name="stereo_depth_worker", daemon=True)
         self._worker.start()
-        self.get_logger().info(ready_line(self.config, self.estimator, self.sync.implementation, self.capture))
+        self.get_logger().info(ready_line(self.config, self.estimator, self.sync.implementation, self.capture,
+                                          self.inputs.qos_summary()))
 
-    def _create_topics(self, qos_in: Any, overrides: QoSOverridingOptions) -> None:
-        """The four inputs and four outputs (a new input profile per topic: rclpy writes a topic's overrides into
-        the profile it is given)."""
-        self.create_subscription(Image, "left/image_rect", self._image_callback("left", self.sync.add_left_image),
-                                 qos_in(), qos_overriding_options=overrides)
-        self.create_subscription(Image, "right/image_rect",
-                                 self._image_callback("right", self.sync.add_right_image), qos_in(),
-                                 qos_overriding_options=overrides)
-        self.create_subscription(CameraInfo, "left/camera_info", self._info_callback(self.sync.add_left_info),
-                                 qos_in(), qos_overriding_options=overrides)
-        self.create_subscription(CameraInfo, "right/camera_info", self._info_callback(self.sync.add_right_info),
-                                 qos_in(), qos_overriding_options=overrides)
+    def _create_outputs(self, overrides: QoSOverridingOptions) -> None:
         self.pub_disparity = self.create_publisher(DisparityImage, "disparity", 5, qos_overriding_options=overrides)
         self.pub_depth = self.create_publisher(Image, "depth", 5, qos_overriding_options=overrides)
         self.pub_points = self.create_publisher(PointCloud2, "points2", 5, qos_overriding_options=overrides)
@@ -168,28 +157,10 @@ class StereoDepthNode(Node):
                                                else (False, "capture is off: set the capture_dir parameter"))
         return response
 
-    def _image_callback(self, side: str, add):
-        def callback(msg: Image) -> None:
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            newest = self._newest_stamp[side]
-            self._newest_stamp[side] = max(newest, stamp)
-            add(msg)
-            stale = self.sync.stats.dropped_stale
-            if stale != self._stale_seen:
-                self._stale_seen = stale
-                what = "duplicated" if stamp == newest else "out-of-order" if stamp < newest else "late"
-                self._warn(f"stamp:{what}",
-                           f"{side} image dropped, {what} stamp {_stamp_text(msg.header)} s (newest seen "
-                           f"{newest / 1e9:.9f} s); {stale} stale images so far")
-        return callback
-
-    def _info_callback(self, add):
-        def callback(msg: CameraInfo) -> None:
-            if not self._warmed and msg.width and msg.height:
-                self._warmed = True
-                self._warmup_size = (int(msg.width), int(msg.height))  # the worker warms up before the next pair
-            add(msg)
-        return callback
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        if not self._warmed and msg.width and msg.height:
+            self._warmed = True
+            self._warmup_size = (int(msg.width), int(msg.height))  # the worker warms up before the next pair
 
     def _on_frame(self, frame: StereoFrame) -> None:
         # Runs inside the synchroniser, under its lock: hand over and return.
@@ -275,12 +246,21 @@ class StereoDepthNode(Node):
 
     def _publish_diagnostics(self) -> None:
         snap = self.stats.snapshot()
-        snap["stale_images"] = self.sync.stats.dropped_stale
-        snap["pairs_without_camera_info"] = self.sync.stats.missing_info
+        sync = self.sync.stats
+        health = self.inputs.health
+        health.pairs(PairCounters(sync.pairs, sync.unpaired[0], sync.unpaired[1], int(snap["rejected_pairs"]),
+                                  int(snap["processed_pairs"]), str(snap["last_problem"])))
+        problems = health.problems()
+        for key, message in problems:  # also in the log, throttled per problem
+            self._warn(f"input:{key}", message)
+        snap.update(health.snapshot())
+        snap.update(stale_images=sync.dropped_stale, pairs_without_camera_info=sync.missing_info,
+                    pairs_with_earlier_camera_info=sync.reused_info, invalid_stamps=sync.invalid_stamps)
         snap.update(self.capture.counters() if self.capture is not None else {"capture": "off"})
         self.pub_diagnostics.publish(diagnostic_array(
             snap, f"{self.get_fully_qualified_name()}: stereo depth", self._hardware_id,
-            {"backend": self.config.backend, "sync": self.sync.implementation}, self.get_clock().now().to_msg()))
+            {"backend": self.config.backend, "sync": self.sync.implementation}, self.get_clock().now().to_msg(),
+            problems=[message for _, message in problems]))
         idle = snap["received_pairs"] == 0
         now = time.monotonic()
         if not idle and now - self._last_status_log >= max(STATUS_LOG_PERIOD_S, self.config.diagnostics_period):

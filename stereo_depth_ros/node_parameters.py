@@ -86,12 +86,12 @@ def runtime_change(config: NodeConfig, estimator: Any, parameters: list) -> Node
     return dataclasses.replace(config, **{name: getattr(checked, name) for name in changes})
 
 
-def ready_line(config: NodeConfig, estimator: Any, sync_implementation: str, capture: Any) -> str:
-    """The one log line that says the node is up and what it runs."""
+def ready_line(config: NodeConfig, estimator: Any, sync_implementation: str, capture: Any, qos: str) -> str:
+    """The one log line that says the node is up and what it runs; `qos`: the input QoS in force."""
     providers = getattr(estimator, "providers", None)  # onnxruntime: the provider in use first
     return (f"ready: backend {config.backend}"
             + (f" ({config.model}, {config.model_path})" if config.backend != "opencv_sgbm" else "")
             + (f" on {providers[0]}" if providers else "")
             + f", {'approximate' if config.approximate_sync else 'exact'} sync ({sync_implementation}), "
-            f"{'system default' if config.use_system_default_qos else 'sensor-data'} QoS, capture "
+            f"{qos}, capture "
             + (f"into {capture.root} ({capture.counters()['capture']})" if capture else "off"))

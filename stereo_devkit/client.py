@@ -29,13 +29,18 @@ class StereoClient:
 
     `env` must be the environment of the node under test (`isolated_ros_env`); its discovery settings are applied
     to this process before the participant is created. Topic names are relative to `namespace`.
+
+    By default the client publishes like a stock camera driver: RELIABLE publishers (realsense2_camera,
+    zed-ros2-wrapper and depthai-ros default to reliable) from a participant on Fast DDS's default transports,
+    whatever profile the node's environment names; `driver_profile=True` gives it the node's Fast DDS profile (a
+    driver started from the node's launch file), `reliable_inputs=False` best-effort publishers.
     """
 
     _instances = itertools.count()
 
     def __init__(self, env: Mapping[str, str], namespace: str = "", name: str | None = None,
                  inputs: Mapping[str, str] | None = None, outputs: Sequence[str] = OUTPUT_TOPICS,
-                 diagnostics: bool = True, reliable_inputs: bool = True):
+                 diagnostics: bool = True, reliable_inputs: bool = True, driver_profile: bool = False):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
@@ -43,8 +48,9 @@ class StereoClient:
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
         from stereo_msgs.msg import DisparityImage
 
-        for key in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"):
-            if key in env:
+        profile_keys = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
+        for key in ("ROS_AUTOMATIC_DISCOVERY_RANGE", *profile_keys):
+            if key in env and (driver_profile or key not in profile_keys):
                 os.environ[key] = env[key]
             else:
                 os.environ.pop(key, None)

@@ -52,7 +52,7 @@ def _serve(tmp_path_factory, name: str, params: dict, outputs: tuple):
 @pytest.fixture(scope="module")
 def quiet(tmp_path_factory):
     params = dict(SGBM, use_sim_time=True)
-    params["qos_overrides./left/image_rect.subscription.reliability"] = "reliable"
+    params["qos_overrides./left/image_rect.subscription.reliability"] = "best_effort"
     params["qos_overrides./depth.publisher.durability"] = "transient_local"  # beyond rclpy's default three
     yield from _serve(tmp_path_factory, "quiet_node", params, outputs=())  # no output has a subscriber
 
@@ -66,8 +66,8 @@ def test_qos_override_in_a_params_file_reaches_the_subscription(quiet):
         assert infos, f"no subscription of stereo_depth_node on {topic}"
         return {ReliabilityPolicy(i.qos_profile.reliability) for i in infos}
 
-    assert reliability("/left/image_rect") == {ReliabilityPolicy.RELIABLE}  # overridden
-    assert reliability("/right/image_rect") == {ReliabilityPolicy.BEST_EFFORT}  # sensor-data default
+    assert reliability("/left/image_rect") == {ReliabilityPolicy.BEST_EFFORT}  # overridden
+    assert reliability("/right/image_rect") == {ReliabilityPolicy.RELIABLE}  # follows the reliable client
     durability = {DurabilityPolicy(i.qos_profile.durability)
                   for i in rc.client.node.get_publishers_info_by_topic("/depth") if i.node_name == "stereo_depth_node"}
     assert durability == {DurabilityPolicy.TRANSIENT_LOCAL}

@@ -179,7 +179,8 @@ def test_camera_info_is_attached_by_stamp_and_waited_for(impl):
     assert len(frames) == 2 and not sync.pending()
     assert stamps([frames[1]]) == [(t, t)] and frames[1].right_info.header.stamp.nanosec == \
         frames[1].right_image.header.stamp.nanosec
-    # camera_info missing for one frame: it goes out (without) when the next pair is ready
+    # camera_info lost for one frame: the pair goes out when the next pair is ready, with the newest camera_info
+    # of each side (a calibration does not change between frames), counted as reused, not as missing
     t2, t3 = T0 + 2 * PERIOD, T0 + 3 * PERIOD
     sync.add_left_image(image(t2))
     sync.add_right_image(image(t2, "right"))
@@ -188,8 +189,69 @@ def test_camera_info_is_attached_by_stamp_and_waited_for(impl):
     sync.add_left_image(image(t3))
     sync.add_right_image(image(t3, "right"))
     assert stamps(frames[2:]) == [(t2, t2), (t3, t3)]
-    assert frames[2].left_info is None and frames[2].right_info is None
-    assert frames[3].left_info is not None and sync.stats.missing_info == 1
+    assert frames[2].left_info.header.stamp == frames[3].left_info.header.stamp  # t3's, the newest
+    assert frames[2].right_info.header.frame_id == "right"
+    assert sync.stats.reused_info == 1 and sync.stats.missing_info == 0
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_a_side_that_never_sent_camera_info_is_missing_not_reused(impl):
+    sync, frames = make(impl)
+    sync.add_left_info(info(T0))
+    sync.add_left_image(image(T0))
+    sync.add_right_image(image(T0, "right"))
+    sync.add_left_image(image(T0 + PERIOD))
+    sync.add_right_image(image(T0 + PERIOD, "right"))
+    sync.poll()  # its wait for the left camera_info of T0 + PERIOD is over (info_wait_seconds 0)
+    assert len(frames) == 2 and frames[1].left_info is not None and frames[1].right_info is None
+    assert sync.stats.missing_info == 0  # the right side never sent one: nothing was expected of it
+    assert sync.stats.reused_info == 1  # the second pair got the left camera_info of the first
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("sec, nanosec, why", [(-5, 0, "negative stamp -5 s"),
+                                               (-1, 999_999_999, "negative stamp -1 s"),
+                                               (1, 1_000_000_000, "nanoseconds 1000000000 outside"),
+                                               (2**31 - 1, 2**32 - 1, "outside 0..999999999")])
+def test_stamps_no_clock_gives_are_dropped_with_a_warning(impl, sec, nanosec, why):
+    """message_filters calls rclpy's Time.from_msg, which raises on negative seconds: such a stamp once killed the
+    node. Now it is dropped, counted and named; the stream goes on pairing."""
+    warnings = []
+    sync, frames = make(impl, warn=lambda kind, message: warnings.append(message))
+    for add in (sync.add_left_info, sync.add_left_image, sync.add_right_image):
+        bad = image(T0)
+        bad.header.stamp.sec, bad.header.stamp.nanosec = sec, nanosec
+        add(bad)
+    assert frames == [] and sync.stats.invalid_stamps == 3
+    assert any(why in message for message in warnings), warnings
+    sync.add_left_image(image(T0))
+    sync.add_right_image(image(T0, "right"))
+    assert stamps(frames) == [(T0, T0)]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_zero_stamps_pair_once_then_count_as_stale(impl):
+    """A driver that does not stamp (all zero): the first pair goes out, later ones are duplicates of it."""
+    sync, frames = make(impl)
+    for _ in range(3):
+        sync.add_left_image(image(0))
+        sync.add_right_image(image(0, "right"))
+    assert stamps(frames) == [(0, 0)] and sync.stats.dropped_stale == 4
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_images_that_never_pair_are_counted_per_side(impl):
+    """Exact sync with the right camera 3 ms late: no pair forms, and every image that leaves a queue is counted
+    as unpaired, on its side (what the node's input health reads to suggest approximate_sync)."""
+    sync, frames = make(impl, queue_size=3)
+    for k in range(10):
+        sync.add_left_image(image(T0 + k * PERIOD))
+        sync.add_right_image(image(T0 + k * PERIOD + 3 * MS, "right"))
+    assert frames == []
+    assert sync.stats.unpaired == [7, 7]  # 10 sent per side, 3 still queued
+    sync.add_left_image(image(T0 + 9 * PERIOD + 3 * MS))  # a left partner for the newest right image
+    assert len(frames) == 1
+    assert sync.stats.unpaired == [7 + 3, 7 + 2]  # the older ones left their queues without a partner
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)

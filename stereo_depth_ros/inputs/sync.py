@@ -22,15 +22,25 @@ older than it (message_filters would keep and could still pair them), so both gi
 - camera_info is matched to the pair by stamp with the same policy, but kept out of the image match so that a
   camera without camera_info still yields disparity (stereo_image_proc would wait forever). A pair waits for its
   camera_info until the next pair is ready or `info_wait_seconds` (default 0.5 s) have passed, then goes out with
-  whatever matched (None for the rest, counted as `missing_info`). The first pairs of a stream also wait for a
-  side that has not sent camera_info yet (image_transport's CameraPublisher sends the image first), during
-  `info_wait_seconds` from the first pair; after that a side that never sent camera_info is not waited for.
-  Deadlines need `poll()` to be called now and then (the node does, on a steady timer).
+  whatever matched (the matchers are in `matchers`, stamp helpers in `stamps`). A side whose exact camera_info is
+  late or lost gets the newest camera_info of that side instead (a calibration does not change from frame to frame;
+  counted as `reused_info`): a reliable link that repairs a lost camera_info a second later, or a best-effort one
+  that loses it, still gives depth. Only a side that has sent no camera_info at all goes out with None (counted as
+  `missing_info`). The first pairs of a stream also wait for a side that has not sent camera_info yet
+  (image_transport's CameraPublisher sends the image first), during `info_wait_seconds` from the first pair; after
+  that a side that never sent camera_info is not waited for. Deadlines need `poll()` to be called now and then (the
+  node does, on a steady timer).
 - Stamps far ahead cannot poison the state: full queues evict the earliest *arrival* (not the smallest stamp,
   which would evict every real image behind a few stamped in the future), with a warning naming a stamp dropped
   unpaired far ahead of the stream; and an image stamped more than `JUMP_BACK_S` behind the last pair (a clock
   reset, a bag played again, or a pair stamped in the future) restarts the ordering with a warning instead of
   being dropped as out of order forever.
+- Stamps that no clock can give (negative seconds, nanoseconds >= 1e9) are dropped and counted
+  (`invalid_stamps`) with a warning: message_filters would raise on them (rclpy's Time refuses negative
+  seconds), and they cannot be ordered.
+- Images that leave the queues without a partner (pushed out of a full queue, or older than a pair that formed)
+  are counted per side (`unpaired`): with the images received, that is how the node tells a stream whose stamps
+  never match from one that pairs.
 Everything is bounded: queue_size images and camera_infos per side and one waiting pair.
 
 The callback runs inside `add_*` under the synchroniser's lock: keep it short (hand the frame to a worker).
@@ -40,15 +50,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-NS_PER_S = 1_000_000_000
-# message_filters needs a finite slop; stereo_image_proc's "0 = unbounded" becomes this many seconds.
-UNBOUNDED_SLOP_S = 1.0e6
+from stereo_depth_ros.inputs.matchers import (BuiltinPairMatcher, MessageFiltersPairMatcher,
+                                              message_filters_available)
+from stereo_depth_ros.inputs.stamps import LEFT, NS_PER_S, RIGHT, SIDES, stamp_ns, stamp_problem
 
-LEFT, RIGHT = 0, 1
-SIDES = ("left", "right")
+__all__ = ["StereoFrame", "StereoSynchronizer", "SyncStats", "message_filters_available", "stamp_ns",
+           "stamp_problem"]
+
+
 DEFAULT_INFO_WAIT_S = 0.5
 # An image this far behind the last pair is a jump of the stream's clock, not an out-of-order image.
 JUMP_BACK_S = 2.0
@@ -72,107 +84,17 @@ class StereoFrame(NamedTuple):
 @dataclass
 class SyncStats:
     """Counters since construction. pairs: frames delivered; dropped_stale: images dropped as not newer than the
-    last pair (out of order, duplicated, late); missing_info: pairs delivered without matching camera_info on a side
-    that sends it."""
+    last pair (out of order, duplicated, late); missing_info: pairs delivered with no camera_info on a side that
+    sends it (none seen yet); reused_info: pairs that got their side's newest camera_info because the one with
+    their stamp did not come in time; invalid_stamps: messages dropped for a stamp no clock gives; unpaired:
+    images per side (left, right) that left the queues without a partner."""
 
     pairs: int = 0
     dropped_stale: int = 0
     missing_info: int = 0
-
-
-def stamp_ns(msg: Any) -> int:
-    """header.stamp of a message as integer nanoseconds."""
-    stamp = msg.header.stamp
-    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
-
-
-def message_filters_available() -> tuple[bool, str]:
-    """(True, "") when the real message_filters can be used, else (False, why)."""
-    try:
-        import message_filters  # noqa: F401  (imports rclpy)
-    except Exception as exc:  # ImportError, or rclpy failing to load its libraries
-        return False, f"message_filters is not importable ({type(exc).__name__}: {exc})"
-    return True, ""
-
-
-class _BuiltinPairMatcher:
-    """Two-input exact/approximate matcher with message_filters' rules (see the module docstring)."""
-
-    def __init__(self, on_pair: Callable[[Any, Any], None], approximate: bool, slop_ns: int | None,
-                 queue_size: int) -> None:
-        self._on_pair = on_pair
-        self._approximate = approximate
-        self._slop_ns = slop_ns
-        self._queue_size = queue_size
-        self._queues: tuple[dict[int, Any], dict[int, Any]] = ({}, {})
-
-    def add(self, side: int, msg: Any) -> None:
-        t = stamp_ns(msg)
-        mine, other = self._queues[side], self._queues[1 - side]
-        mine.pop(t, None)  # a duplicate stamp replaces the waiting message and becomes the newest entry
-        mine[t] = msg
-        while len(mine) > self._queue_size:
-            del mine[next(iter(mine))]  # earliest arrival (see the module docstring)
-        if self._approximate:
-            best = None
-            for s in other:
-                delta = abs(s - t)
-                if (self._slop_ns is None or delta < self._slop_ns) and (best is None or delta < abs(best - t)):
-                    best = s
-        else:
-            best = t if t in other else None
-        if best is None:
-            return
-        mine_msg, other_msg = mine.pop(t), other.pop(best)
-        # Anything older than a matched pair could only pair backwards in time: let it go now.
-        for queue, limit in ((mine, t), (other, best)):
-            for s in [s for s in queue if s < limit]:
-                del queue[s]
-        if side == LEFT:
-            self._on_pair(mine_msg, other_msg)
-        else:
-            self._on_pair(other_msg, mine_msg)
-
-
-class _MessageFiltersPairMatcher:
-    """The real message_filters synchronisers, fed through SimpleFilter inputs (no node or subscription)."""
-
-    def __init__(self, on_pair: Callable[[Any, Any], None], approximate: bool, slop_ns: int | None,
-                 queue_size: int) -> None:
-        import message_filters
-
-        self._inputs = (message_filters.SimpleFilter(), message_filters.SimpleFilter())
-        if approximate:
-            slop_s = UNBOUNDED_SLOP_S if slop_ns is None else slop_ns / NS_PER_S
-            sync = message_filters.ApproximateTimeSynchronizer(list(self._inputs), queue_size, slop_s)
-        else:
-            sync = message_filters.TimeSynchronizer(list(self._inputs), queue_size)
-        sync.registerCallback(self._matched)
-        self._sync = sync
-        self._queue_size = queue_size
-        self._on_pair = on_pair
-
-    def _matched(self, left: Any, right: Any) -> None:
-        # message_filters keeps the messages older than a match until the queue pushes them out, and could still
-        # pair them (backwards in time). Its queues are plain {stamp_ns: msg} dicts (`queues`, one per input, the
-        # same since ROS 1): drop the older entries as the builtin matcher does, so both behave identically.
-        queues = getattr(self._sync, "queues", None)
-        if isinstance(queues, list) and len(queues) == 2 and all(isinstance(q, dict) for q in queues):
-            for queue, limit in zip(queues, (stamp_ns(left), stamp_ns(right)), strict=True):
-                for s in [s for s in queue if s < limit]:
-                    del queue[s]
-        self._on_pair(left, right)
-
-    def add(self, side: int, msg: Any) -> None:
-        queues = getattr(self._sync, "queues", None)
-        if isinstance(queues, list) and len(queues) == 2 and isinstance(queues[side], dict):
-            # message_filters evicts the smallest stamp from a full queue; evict the earliest arrival first, as the
-            # builtin matcher does, so that images stamped far ahead cannot push out every real one.
-            queue, t = queues[side], stamp_ns(msg)
-            queue.pop(t, None)
-            while len(queue) >= self._queue_size:
-                del queue[next(iter(queue))]
-        self._inputs[side].signalMessage(msg)
+    reused_info: int = 0
+    invalid_stamps: int = 0
+    unpaired: list[int] = field(default_factory=lambda: [0, 0])
 
 
 class StereoSynchronizer:
@@ -196,8 +118,8 @@ class StereoSynchronizer:
             raise ValueError(f"approximate_sync_tolerance_seconds must be >= 0, got {tolerance_seconds}")
         if implementation == "auto":
             implementation = "message_filters" if message_filters_available()[0] else "builtin"
-        matchers: dict[str, type[_BuiltinPairMatcher] | type[_MessageFiltersPairMatcher]] = {
-            "builtin": _BuiltinPairMatcher, "message_filters": _MessageFiltersPairMatcher}
+        matchers: dict[str, type[BuiltinPairMatcher] | type[MessageFiltersPairMatcher]] = {
+            "builtin": BuiltinPairMatcher, "message_filters": MessageFiltersPairMatcher}
         if implementation not in matchers:
             raise ValueError(f"unknown synchroniser implementation {implementation!r}; expected auto, "
                              "message_filters or builtin")
@@ -207,10 +129,12 @@ class StereoSynchronizer:
         self._slop_ns = int(round(tolerance_seconds * NS_PER_S)) if tolerance_seconds > 0 else None
         self._callback = callback
         self._lock = threading.RLock()
-        self._matcher = matchers[implementation](self._on_pair, self.approximate, self._slop_ns, self.queue_size)
+        self._matcher = matchers[implementation](self._on_pair, self.approximate, self._slop_ns, self.queue_size,
+                                                 self._count_unpaired)
         self._last = (-1, -1)  # stamps (left, right) of the last pair delivered
         self._infos: tuple[dict[int, Any], dict[int, Any]] = ({}, {})
         self._info_seen = [False, False]
+        self._newest_info: list[Any] = [None, None]  # the last camera_info that arrived per side
         self._pending: tuple[Any, Any] | None = None
         self._pending_deadline = 0.0
         self._first_pair_time: float | None = None
@@ -233,8 +157,20 @@ class StereoSynchronizer:
         self._add_info(RIGHT, msg)
 
     # -- internals ------------------------------------------------------------------------------------------
+    def _count_unpaired(self, side: int) -> None:
+        self.stats.unpaired[side] += 1
+
+    def _valid_stamp(self, msg: Any, what: str) -> bool:
+        problem = stamp_problem(msg)
+        if problem is not None:
+            self.stats.invalid_stamps += 1
+            self._warn("stamp:invalid", f"{what} dropped: {problem}")
+        return problem is None
+
     def _add_image(self, side: int, msg: Any) -> None:
         with self._lock:
+            if not self._valid_stamp(msg, f"{SIDES[side]} image"):
+                return
             t = stamp_ns(msg)
             last = self._last[side]
             if t <= last:
@@ -266,6 +202,8 @@ class StereoSynchronizer:
 
     def _add_info(self, side: int, msg: Any) -> None:
         with self._lock:
+            if not self._valid_stamp(msg, f"{SIDES[side]} camera_info"):
+                return
             cache = self._infos[side]
             t = stamp_ns(msg)
             cache.pop(t, None)
@@ -274,6 +212,7 @@ class StereoSynchronizer:
             while len(cache) > self.queue_size:
                 del cache[next(iter(cache))]  # earliest arrival, as for images
             self._info_seen[side] = True
+            self._newest_info[side] = msg
             if self._pending is not None:
                 infos = self._match_infos(*self._pending)
                 if self._complete(infos):
@@ -333,6 +272,10 @@ class StereoSynchronizer:
                    for info, seen in zip(infos, self._info_seen, strict=True))
 
     def _deliver(self, pair: tuple[Any, Any], infos: tuple[Any, Any]) -> None:
+        if any(info is None and newest is not None for info, newest in zip(infos, self._newest_info, strict=True)):
+            infos = tuple(info if info is not None else newest
+                          for info, newest in zip(infos, self._newest_info, strict=True))
+            self.stats.reused_info += 1
         if not self._complete(infos):
             self.stats.missing_info += 1
         self.stats.pairs += 1

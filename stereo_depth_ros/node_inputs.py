@@ -1,0 +1,195 @@
+"""The node's input subscriptions, in rclpy: QoS that follows the publishers, callbacks that survive every
+message, and the figures behind the input health in /diagnostics.
+
+What happens per topic (left/right image, left/right camera_info):
+- the subscription is created with `inputs.qos.input_profile` (reliable from reliable drivers) and the user's
+  `qos_overrides.*`; `poll()` (the node calls it every second) reads the publishers' offered QoS from the ROS graph,
+  gives `InputHealth` the publisher counts, and re-creates a following subscription whose reliability no longer
+  fits them (a best-effort driver appeared or left); an incompatible-QoS event triggers the same check at once;
+- every message is counted (`InputHealth.received`) and handed to the synchroniser; a callback never raises: a
+  message the synchroniser cannot take is a throttled warning (a node that dies on one odd message is worse
+  than one that skips it);
+- message-lost events of the middleware are counted per topic.
+
+Kept apart from `node.py` so the node stays wiring; the decisions are ROS-free (`inputs.qos`, `inputs.health`).
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, Image
+
+from stereo_depth_ros.inputs.health import LEFT_IMAGE, LEFT_INFO, RIGHT_IMAGE, RIGHT_INFO, InputHealth
+from stereo_depth_ros.inputs.qos import FOLLOW, OVERRIDDEN, SYSTEM_DEFAULT, input_profile, needs_switch, \
+    reliability_name
+from stereo_depth_ros.inputs.stamps import NS_PER_S, stamp_ns, stamp_problem
+from stereo_depth_ros.inputs.sync import JUMP_BACK_S, StereoSynchronizer
+
+Warn = Callable[[str, str], None]
+
+
+@dataclass
+class InputTopic:
+    """One input: its role, message type, relative topic name, and where its messages go."""
+
+    role: str
+    msg_type: Any
+    name: str
+    add: Callable[[Any], None]
+    subscription: Any = None
+    profile: QoSProfile | None = None
+    mode: str = FOLLOW  # FOLLOW, SYSTEM_DEFAULT or OVERRIDDEN (inputs.qos)
+
+
+def _payload_bytes(msg: Any) -> int:
+    data = getattr(msg, "data", None)
+    return len(data) if data is not None else 0
+
+
+class NodeInputs:
+    """Creates and keeps the four input subscriptions of `node` (an rclpy Node) feeding `sync`.
+
+    depth: history depth (the node's queue_size); use_system_default_qos: stereo_image_proc's parameter;
+    overrides: the QoSOverridingOptions the node passes for qos_overrides.* parameters; warn(kind, message): the
+    node's throttled warning.
+    """
+
+    def __init__(self, node: Any, sync: StereoSynchronizer, depth: int, use_system_default_qos: bool,
+                 overrides: QoSOverridingOptions, warn: Warn, approximate: bool, tolerance_s: float,
+                 on_camera_info: Callable[[Any], None] | None = None) -> None:
+        self._node, self._sync, self._warn = node, sync, warn
+        self._on_camera_info = on_camera_info
+        self._depth, self._system_default = depth, use_system_default_qos
+        self._newest_image = {LEFT_IMAGE: -1, RIGHT_IMAGE: -1}  # newest image stamp (ns) per side
+        self._stale_seen = 0
+        self.topics = [InputTopic(LEFT_IMAGE, Image, "left/image_rect", sync.add_left_image),
+                       InputTopic(RIGHT_IMAGE, Image, "right/image_rect", sync.add_right_image),
+                       InputTopic(LEFT_INFO, CameraInfo, "left/camera_info", sync.add_left_info),
+                       InputTopic(RIGHT_INFO, CameraInfo, "right/camera_info", sync.add_right_info)]
+        for topic in self.topics:
+            self._subscribe(topic, overrides)
+        self.health = InputHealth({t.role: t.subscription.topic_name for t in self.topics}, approximate,
+                                  tolerance_s)
+
+    # -- subscriptions ---------------------------------------------------------------------------------------
+    def _subscribe(self, topic: InputTopic, overrides: QoSOverridingOptions | None,
+                   reliability: ReliabilityPolicy | None = None) -> None:
+        if topic.profile is None:
+            profile = input_profile(self._depth, self._system_default)
+        else:  # a re-creation keeps the overridden policies rclpy wrote into the first profile
+            profile = QoSProfile(history=topic.profile.history, depth=topic.profile.depth,
+                                 reliability=topic.profile.reliability, durability=topic.profile.durability)
+        if reliability is not None:
+            profile.reliability = reliability
+        asked = profile.reliability
+        events = SubscriptionEventCallbacks(incompatible_qos=functools.partial(self._incompatible, topic),
+                                            message_lost=functools.partial(self._lost, topic))
+        topic.subscription = self._node.create_subscription(
+            topic.msg_type, topic.name, self._callback(topic), profile, event_callbacks=events,
+            qos_overriding_options=overrides)
+        if topic.profile is None:
+            topic.mode = (SYSTEM_DEFAULT if self._system_default
+                          else OVERRIDDEN if profile.reliability != asked else FOLLOW)
+        topic.profile = profile
+
+    def _callback(self, topic: InputTopic) -> Callable[[Any], None]:
+        is_image = topic.role in (LEFT_IMAGE, RIGHT_IMAGE)
+
+        def callback(msg: Any) -> None:
+            try:
+                valid = stamp_problem(msg) is None
+                self.health.received(topic.role, stamp_ns(msg) if valid else None, _payload_bytes(msg))
+                if not is_image and self._on_camera_info is not None:
+                    self._on_camera_info(msg)
+                topic.add(msg)  # the synchroniser drops (and names) a stamp it cannot use
+                if is_image and valid:
+                    self._note_order(topic.role, msg)
+            except Exception as exc:  # never let one message kill the node
+                self._warn(f"input:{type(exc).__name__}", f"{topic.role} message on {topic.subscription.topic_name} "
+                           f"skipped: {type(exc).__name__}: {exc}")
+        return callback
+
+    def _note_order(self, role: str, msg: Any) -> None:
+        """After the synchroniser took the image: warn (throttled) when it dropped it as stale, saying how."""
+        stamp, newest = stamp_ns(msg), self._newest_image[role]
+        # far behind the newest: the synchroniser restarted its ordering (time jumped back), and so does this
+        self._newest_image[role] = stamp if newest - stamp > JUMP_BACK_S * NS_PER_S else max(newest, stamp)
+        stale = self._sync.stats.dropped_stale
+        if stale == self._stale_seen:
+            return
+        self._stale_seen = stale
+        what = "duplicated" if stamp == newest else "out-of-order" if stamp < newest else "late"
+        self._warn(f"stamp:{what}", f"{role} dropped, {what} stamp {stamp / 1e9:.9f} s (newest seen "
+                   f"{newest / 1e9:.9f} s); {stale} stale images so far")
+
+    def _lost(self, topic: InputTopic, info: Any) -> None:
+        self.health.lost(topic.role, getattr(info, "total_count_change", 0))
+
+    def _incompatible(self, topic: InputTopic, info: Any) -> None:
+        if topic.mode == FOLLOW:
+            self.poll()  # a best-effort publisher this subscription cannot match: follow it now
+            return
+        self._warn(f"qos:{topic.role}", f"{topic.subscription.topic_name}: a publisher's QoS is incompatible with "
+                   f"this subscription's ({self._mode_text(topic)}, {self.reliability_in_force(topic)}), "
+                   f"so nothing flows from it (policy {getattr(info, 'last_policy_kind', '?')}); let the node "
+                   "follow the publishers (no use_system_default_qos, no reliability override)")
+
+    # -- the graph -------------------------------------------------------------------------------------------
+    def poll(self) -> None:
+        """Publisher counts into the health figures; following subscriptions re-created when they must."""
+        for topic in self.topics:
+            name = topic.subscription.topic_name
+            offered = [info.qos_profile.reliability for info in self._node.get_publishers_info_by_topic(name)]
+            best_effort = sum(policy == ReliabilityPolicy.BEST_EFFORT for policy in offered)
+            self.health.publishers(topic.role, len(offered), best_effort, self.reliability_in_force(topic))
+            if topic.mode != FOLLOW:
+                continue
+            switch = needs_switch(self._current(topic), offered)
+            if switch is not None:
+                self._node.destroy_subscription(topic.subscription)
+                self._subscribe(topic, None, switch)
+                self._node.get_logger().info(
+                    f"{name}: subscribing {reliability_name(switch)} now ({best_effort} of {len(offered)} "
+                    "publishers offer best effort)")
+
+    def _current(self, topic: InputTopic) -> ReliabilityPolicy:
+        """The reliability a following subscription actually has (BEST_AVAILABLE resolved by the middleware)."""
+        assert topic.profile is not None
+        asked = topic.profile.reliability
+        if asked in (ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT):
+            return asked
+        resolved = self._own_reliability(topic)
+        return resolved if resolved is not None else ReliabilityPolicy.RELIABLE
+
+    def _own_reliability(self, topic: InputTopic) -> ReliabilityPolicy | None:
+        node = self._node
+        for info in node.get_subscriptions_info_by_topic(topic.subscription.topic_name):
+            if info.node_name == node.get_name() and info.node_namespace == node.get_namespace():
+                return info.qos_profile.reliability
+        return None
+
+    def reliability_in_force(self, topic: InputTopic) -> str:
+        policy = self._own_reliability(topic)
+        return reliability_name(policy if policy is not None else topic.profile.reliability)  # type: ignore
+
+    def _mode_text(self, topic: InputTopic) -> str:
+        return {FOLLOW: "following the publishers", SYSTEM_DEFAULT: "use_system_default_qos",
+                OVERRIDDEN: "set by qos_overrides"}[topic.mode]
+
+    def qos_summary(self) -> str:
+        """The QoS in force, for the ready line: e.g. 'inputs reliable, keep last 5 (following the publishers)'."""
+        parts: dict[str, list[str]] = {}
+        for topic in self.topics:
+            key = f"{self.reliability_in_force(topic)} ({self._mode_text(topic)})"
+            parts.setdefault(key, []).append(topic.role)
+        depth = self.topics[0].profile.depth if self.topics[0].profile is not None else self._depth
+        if len(parts) == 1:
+            return f"inputs {next(iter(parts))}, keep last {depth}"
+        return "inputs " + "; ".join(f"{', '.join(roles)}: {key}" for key, roles in parts.items()) + \
+            f", keep last {depth}"
