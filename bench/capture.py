@@ -3,7 +3,8 @@
     .venv/bin/python bench/capture.py [--size 640x480] [--rate 15] [--seconds 20] [--max-disparity 128] [--rounds 1]
 
 Runs stereo_depth_node (opencv_sgbm, the Fast DDS profile, as the launch file does) twice in its own process, fed
-the Motorcycle pair as rgb8 at --rate for --seconds: once with capture off, once with `capture_every_s` tiny so
+the Motorcycle pair as rgb8 at --rate for --seconds by a client that publishes like a stock camera driver
+(reliable, Fast DDS's default transports): once with capture off, once with `capture_every_s` tiny so
 that every pair the node processes is offered to the capture writer. Prints, for each run, the pairs sent and
 published, the sustained output rate (first to last output), the client's stamp -> disparity latency and the
 node's inference time, and for the capture run the pairs written, dropped (queue full) and failed, and the folder

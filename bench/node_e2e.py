@@ -10,7 +10,8 @@ segment) and once with config/fastdds_shm.xml. Each run is a fresh pair of proce
 profile once per process.
 
 node: stereo_depth_node in its own process (with the Fast DDS profile, as the launch file does), fed the
-Motorcycle pair at --rate for --seconds; reports end-to-end latency (stamp -> disparity received by the client),
+Motorcycle pair at --rate for --seconds by a client that publishes like a stock camera driver (reliable, on Fast
+DDS's default transports: stereo_devkit.client.StereoClient); reports end-to-end latency (stamp -> disparity received by the client),
 the output rate the node sustains, and the node's own inference time and drop count from /diagnostics. The torch
 backend uses weights/sceneflow.pth when present, else the parity fixture's seeded weights (same architecture,
 same speed). Figures depend on the machine: print them with it.

@@ -79,7 +79,8 @@ class NodeConfig:
         0.0, "Largest left/right stamp difference for approximate sync; 0 = unbounded")
     queue_size: int = _param(5, "Images kept per input while waiting for the other side")
     use_system_default_qos: bool = _param(
-        False, "Subscribe with the system default (reliable) QoS instead of sensor-data (best-effort) QoS")
+        False, "Subscribe with the middleware's default QoS (for a Fast DDS reader: best effort) instead of following "
+               "the publishers (reliable from reliable drivers, best effort from best-effort ones)")
     publish_points: bool = _param(True, "Publish the coloured point cloud on points2 (settable at run time)")
     publish_confidence: bool = _param(
         True, "Publish the per-pixel confidence (0..1) on confidence (settable at run time)")

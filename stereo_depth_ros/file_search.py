@@ -6,7 +6,10 @@ working directory. One order, used by the node's parameter check (`model_path`) 
 2. the installed package's share folder, `<prefix>/share/stereo_depth_ros/PATH`, in each prefix of
    AMENT_PREFIX_PATH that has the package (a `colcon build` install, the venv that `make venv` builds; an
    overlay before its underlays);
-3. the source checkout the package runs from, `<checkout>/PATH` (an editable install such as `make venv`'s);
+3. the source checkout the package runs from, `<checkout>/PATH`: the tree it is imported from (an editable
+   install such as `make venv`'s), or, for a colcon install (which copies the package), the checkout in the
+   colcon workspace whose `install/` holds it: the workspace itself when the checkout is the workspace, or a
+   package folder under its `src/` (`checkout_directories`);
 4. model files only, the `weights/` folder of 2 and 3: `<share>/weights/PATH`, `<checkout>/weights/PATH`.
 
 The first existing file wins. Absolute paths (and `~`) are used as given. When nothing is found,
@@ -40,10 +43,39 @@ def share_directories() -> list[Path]:
     return [Path(p) / "share" / PACKAGE for p in prefixes if (Path(p) / marker).is_file()]
 
 
+def _is_checkout(root: Path) -> bool:
+    """A source tree of this package: its package.xml beside the Python package."""
+    return (root / "package.xml").is_file() and (root / PACKAGE / "__init__.py").is_file()
+
+
 def checkout_directory() -> Path | None:
     """The source tree this package is imported from (it has package.xml beside the package), or None."""
     root = Path(__file__).resolve().parent.parent
-    return root if (root / "package.xml").is_file() and (root / PACKAGE).is_dir() else None
+    return root if _is_checkout(root) else None
+
+
+def _workspace_checkouts(share: Path) -> list[Path]:
+    """Checkouts of this package in the colcon workspace whose install/ holds `share`
+    (`<ws>/install[/stereo_depth_ros]/share/stereo_depth_ros`): `<ws>` itself, or `<ws>/src/**` (3 levels)."""
+    prefix = share.parent.parent
+    install = prefix.parent if prefix.parent.name == "install" else prefix if prefix.name == "install" else None
+    if install is None:
+        return []
+    workspace = install.parent
+    candidates = [workspace] + sorted(path.parent for depth in ("*", "*/*", "*/*/*")
+                                      for path in (workspace / "src").glob(f"{depth}/package.xml"))
+    return [path for path in candidates if _is_checkout(path)]
+
+
+def checkout_directories() -> list[Path]:
+    """Every checkout of this package to look in: the one it is imported from, then those of the colcon
+    workspaces on AMENT_PREFIX_PATH that install it (a `colcon build` copies the package, not weights/)."""
+    found = [checkout_directory()] + [c for share in share_directories() for c in _workspace_checkouts(share)]
+    unique: list[Path] = []
+    for path in found:
+        if path is not None and path.resolve() not in unique:
+            unique.append(path.resolve())
+    return unique
 
 
 def search_locations(path: str | os.PathLike, kind: str = "model") -> list[Path]:
@@ -53,8 +85,7 @@ def search_locations(path: str | os.PathLike, kind: str = "model") -> list[Path]
     given = Path(path).expanduser()
     if given.is_absolute():
         return [given]
-    checkout = checkout_directory()
-    roots = share_directories() + ([checkout] if checkout is not None else [])
+    roots = share_directories() + checkout_directories()
     places = [Path.cwd() / given] + [root / given for root in roots]
     if kind == "model" and given.parts[:1] != ("weights",):
         places += [root / "weights" / given for root in roots]

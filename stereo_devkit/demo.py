@@ -6,7 +6,8 @@ What it does:
    which;
 2. starts `stereo_depth_node` as its own process (own session, discovery limited to this host, a domain of its
    own, the package's Fast DDS shared-memory profile);
-3. streams scikit-image's Middlebury "Motorcycle" pair at a camera-like rate, with camera_info built from its
+3. streams scikit-image's Middlebury "Motorcycle" pair at a camera-like rate like a stock camera driver would
+   (reliable publishers on Fast DDS's default transports, from this process), with camera_info built from its
    real calibration scaled to the streamed resolution (including Middlebury's `doffs`: the right camera's
    principal point is `doffs` pixels right of the left one, so depth = f * B / (d + doffs));
 4. receives disparity, depth and the point cloud; writes out/demo/disparity.png, depth.png (colourised),

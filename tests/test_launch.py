@@ -100,3 +100,22 @@ def test_colcon_build_and_ros2_launch(workspace):
     assert code == 0, f"ros2 launch exited with {code}:\n{log}"
     assert re.search(r"stereo_depth_node-\d+\]: process has finished cleanly", log), log
     assert "Traceback" not in log, log
+
+
+def test_colcon_route_finds_relative_params_and_model_in_the_checkout(workspace, tmp_path, student_weights):
+    """README route (b): after `source install/setup.bash`, a relative params_file and model_path that live only
+    in the checkout (colcon installs neither weights/ nor a user's own params file) resolve from any directory."""
+    ws, env = workspace
+    checkout = ws / "src" / "stereo_depth_ros"
+    (checkout / "weights").mkdir(exist_ok=True)
+    shutil.copy2(student_weights, checkout / "weights" / "route_b_student.pth")
+    (checkout / "route_b.yaml").write_text("stereo_depth_node:\n  ros__parameters:\n    backend: torch\n"
+                                           "    model_path: route_b_student.pth\n    device: cpu\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    command = (f"source {ws / 'install' / 'setup.bash'} && exec ros2 launch stereo_depth_ros stereo.launch.py "
+               "params_file:=route_b.yaml")
+    with NodeProcess(["bash", "-c", command], env, tmp_path / "launch.log", cwd=elsewhere) as launch:
+        model = checkout / "weights" / "route_b_student.pth"
+        assert launch.wait_for_log(f"ready: backend torch (rt_igev, {model})", 120.0), launch.log()
+        assert launch.stop(timeout=30.0) == 0, launch.log()

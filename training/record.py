@@ -1,10 +1,11 @@
 """Record the stereo topics and their camera_info into a rosbag2, for machines without `ros2 bag`.
 
 On a ROS 2 distribution `ros2 bag record` is the first choice; this command covers pip-only installs (the PyPI
-rclpy wheels have no rosbag2). It subscribes with rclpy (sensor-data QoS: best effort, which also accepts
-reliable publishers) and writes the serialized messages untouched with `rosbags`' writer: rclpy's wire bytes are
-the CDR that rosbag2 stores, so `stereo-distill extract` reads the bag back pixel-exact. Each message is logged
-at its receive time, as `ros2 bag record` does.
+rclpy wheels have no rosbag2). It subscribes with rclpy, with the node's input QoS rule
+(stereo_depth_ros.inputs.qos): reliable from reliable publishers (a camera-sized image lost on the way is sent
+again), best effort where a publisher is best effort, and writes the serialized messages untouched with `rosbags`'
+writer: rclpy's wire bytes are the CDR that rosbag2 stores, so `stereo-distill extract` reads the bag back
+pixel-exact. Each message is logged at its receive time, as `ros2 bag record` does.
 
 The image topics' types (sensor_msgs/Image or CompressedImage) are taken from the ROS graph, so recording starts
 once both publishers are seen (--wait seconds at most). It stops on SIGINT or SIGTERM, after --duration seconds,
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     _validate(args)
     try:
         import rclpy
-        from rclpy.qos import qos_profile_sensor_data
+        from stereo_depth_ros.inputs.qos import input_profile, reliability_for
         from rclpy.signals import SignalHandlerOptions
     except ImportError as error:
         raise CliError(f"record needs rclpy ({error}); on a ROS 2 distribution use `ros2 bag record`") from None
@@ -163,9 +164,11 @@ def run(args: argparse.Namespace) -> int:
                 return callback
 
             for topic, (role, type_name) in topics.items():
+                qos = input_profile(depth=10, use_system_default_qos=False)
+                qos.reliability = reliability_for(i.qos_profile.reliability
+                                                  for i in node.get_publishers_info_by_topic(topic))
                 # raw=True hands over the serialized bytes: written as they came, never decoded.
-                node.create_subscription(_message_class(type_name), topic, on_message(topic, role),
-                                         qos_profile_sensor_data, raw=True)
+                node.create_subscription(_message_class(type_name), topic, on_message(topic, role), qos, raw=True)
             print(f"record: {', '.join(f'{t} ({n})' for t, (_, n) in topics.items())} -> {args.out} "
                   f"({args.storage}); Ctrl-C stops", file=sys.stderr, flush=True)
             started = time.monotonic()
