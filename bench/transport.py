@@ -10,6 +10,9 @@ confidence (`--estimator default` runs the README's launch instead: SGBM at the 
 
     delivered: disparity outputs the viewer got for the pairs the driver sent (share of sent pairs)
     formed:    complete pairs the node's synchroniser formed (its /diagnostics), share of sent pairs
+    received:  left / right images that reached the node (its /diagnostics; "–" for a node without input health)
+    plain:     with --plain, complete pairs a plain reliable rclpy subscriber in the viewer received (equal stamps
+               on both sides): what the node should form as well
     latency:   driver stamp -> viewer receipt, median and 90th percentile
 
     .venv/bin/python bench/transport.py                      # the full matrix (16 rows, about 5 minutes)
@@ -24,6 +27,7 @@ with `--out FILE.json`, writes every figure. Needs the ROS tooling (`ros2 launch
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -61,7 +65,7 @@ def _params_file(folder: Path, estimator: str) -> Path | None:
 class Viewer:
     """An rclpy subscriber to `disparity` and `/diagnostics`, on default transports, in its own context."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], plain: bool = False) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
@@ -80,6 +84,13 @@ class Viewer:
         self.node.create_subscription(DisparityImage, "disparity", self._on_disparity,
                                       QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.plain: dict[str, set[int]] = {"left": set(), "right": set()}
+        if plain:
+            from sensor_msgs.msg import Image
+
+            for side in self.plain:
+                self.node.create_subscription(Image, f"{side}/image_rect", functools.partial(self._on_image, side),
+                                              QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -94,6 +105,9 @@ class Viewer:
     def _on_disparity(self, msg) -> None:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         self.received.setdefault(stamp, time.time())
+
+    def _on_image(self, side: str, msg) -> None:
+        self.plain[side].add(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
@@ -116,7 +130,7 @@ class Viewer:
 
 
 def run_row(size: str, rate: float, reliability: str, transports: str, estimator: str, node_code: Path | None,
-            seconds: float) -> dict:
+            seconds: float, plain: bool = False) -> dict:
     """One configuration: launch, stream, count. Returns the row's figures."""
     with tempfile.TemporaryDirectory(prefix="bench_transport_") as tmp:
         folder = Path(tmp)
@@ -131,7 +145,7 @@ def run_row(size: str, rate: float, reliability: str, transports: str, estimator
         log = open(folder / "launch.log", "wb")
         launch = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
                                   start_new_session=True)
-        viewer = Viewer(env)
+        viewer = Viewer(env, plain)
         try:
             if not viewer.wait_for_node(60.0):
                 raise SystemExit(f"node did not come up:\n{(folder / 'launch.log').read_text()[-2000:]}")
@@ -161,9 +175,16 @@ def run_row(size: str, rate: float, reliability: str, transports: str, estimator
     formed = diagnostics.get("complete_pairs", diagnostics.get("received_pairs"))
     return {"size": size, "rate_hz": rate, "reliability": reliability, "transports": transports,
             "sent": sent["sent"], "delivered": len(got), "formed": int(formed) if formed else None,
+            "received_left": _int(diagnostics.get("left_image_received")),
+            "received_right": _int(diagnostics.get("right_image_received")),
+            "plain_pairs": len(viewer.plain["left"] & viewer.plain["right"] & stamps) if plain else None,
             "latency_ms_median": float(np.median(latency)) if latency.size else None,
             "latency_ms_p90": float(np.percentile(latency, 90)) if latency.size else None,
             "inference_ms_median": _float(diagnostics.get("inference_ms_median"))}
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
 
 
 def _float(text: str | None) -> float | None:
@@ -171,6 +192,10 @@ def _float(text: str | None) -> float | None:
         return float(text) if text is not None else None
     except ValueError:
         return None
+
+
+def _count(value: int | None) -> str:
+    return "–" if value is None else str(value)
 
 
 def _ms(value: float | None) -> str:
@@ -190,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--estimator", choices=("cheap", "default"), default="cheap")
     parser.add_argument("--seconds", type=float, default=STREAM_S, help="streaming time per row")
     parser.add_argument("--node-code", type=Path, help="run the node and launch file of another checkout")
+    parser.add_argument("--plain", action="store_true",
+                        help="also count the pairs a plain reliable subscriber receives (the viewer subscribes images)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON")
     args = parser.parse_args(argv)
     if shutil.which("ros2") is None:
@@ -201,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"transport bench: node {'from ' + str(node_code) if node_code else 'from this checkout'}, estimator "
           f"{args.estimator}, {args.seconds:g} s per row, load average {load[0]:.2f} at start")
     rows = []
-    header = "| driver | transports | size | rate | delivered | formed | latency median / p90 ms |"
-    print(header + "\n|" + "---|" * 7)
+    header = ("| driver | transports | size | rate | delivered | formed | received L / R | latency median / p90 ms |"
+              + (" plain subscriber's pairs |" if args.plain else ""))
+    print(header + "\n|" + "---|" * (header.count("|") - 1))
     for size in args.sizes.split(","):
         speed: float | None = None
         for rate_text in args.rates.split(","):
@@ -212,11 +240,14 @@ def main(argv: list[str] | None = None) -> int:
                         probe = run_row(size, 2.0, "reliable", "profile", args.estimator, node_code, 4.0)
                         speed = 1000.0 / probe["inference_ms_median"] if probe["inference_ms_median"] else 2.0
                     rate = 0.8 * speed if rate_text == "auto" and speed else float(rate_text)
-                    row = run_row(size, rate, reliability, transports, args.estimator, node_code, args.seconds)
+                    row = run_row(size, rate, reliability, transports, args.estimator, node_code, args.seconds,
+                                  args.plain)
                     rows.append(row)
                     print(f"| {reliability.replace('_', ' ')} | {transports} | {size} | {rate:.1f} Hz | "
                           f"{_share(row['delivered'], row['sent'])} | {_share(row['formed'], row['sent'])} | "
-                          f"{_ms(row['latency_ms_median'])} / {_ms(row['latency_ms_p90'])} |", flush=True)
+                          f"{_count(row['received_left'])} / {_count(row['received_right'])} | "
+                          f"{_ms(row['latency_ms_median'])} / {_ms(row['latency_ms_p90'])} |"
+                          + (f" {_share(row['plain_pairs'], row['sent'])} |" if args.plain else ""), flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     if args.out:
         atomic_write_json(args.out, {"node_code": str(node_code or "this checkout"), "estimator": args.estimator,
