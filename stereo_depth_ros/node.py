@@ -53,6 +53,7 @@ from stereo_depth_ros.node_inputs import NodeInputs
 
 NODE_NAME = "stereo_depth_node"
 WARNING_PERIOD_S = 5.0
+INPUT_WARNING_PERIOD_S = 10.0  # input health: the same problem at most this often in the log
 STATUS_LOG_PERIOD_S = 10.0
 # The first pair of a stream waits this long for a camera_info that has not been seen yet (image_transport's
 # CameraPublisher sends the image first); a few frame periods at the slowest common camera rates.
@@ -86,6 +87,7 @@ class StereoDepthNode(Node):
                                        confidence_threshold=self.config.confidence_threshold)
         self.stats = FrameStats(window=max(5.0, 3 * self.config.diagnostics_period))
         self._throttle = Throttle(WARNING_PERIOD_S)
+        self._input_throttle = Throttle(INPUT_WARNING_PERIOD_S)
         try:
             self.capture = open_capture(self.config, warn=self._warn)
         except CaptureError as exc:
@@ -251,8 +253,9 @@ class StereoDepthNode(Node):
         health.pairs(PairCounters(sync.pairs, sync.unpaired[0], sync.unpaired[1], int(snap["rejected_pairs"]),
                                   int(snap["processed_pairs"]), str(snap["last_problem"])))
         problems = health.problems()
-        for key, message in problems:  # also in the log, throttled per problem
-            self._warn(f"input:{key}", message)
+        for key, message in problems:  # also in the log, throttled per problem (its figures change)
+            if self._input_throttle.ready(key):
+                self.get_logger().warning(message)
         snap.update(health.snapshot())
         snap.update(stale_images=sync.dropped_stale, pairs_without_camera_info=sync.missing_info,
                     pairs_with_earlier_camera_info=sync.reused_info, invalid_stamps=sync.invalid_stamps)
