@@ -33,7 +33,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSPolicyKind, QoSProfile, qos_profile_sensor_data, qos_profile_system_default
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from stereo_msgs.msg import DisparityImage
 
@@ -47,6 +47,7 @@ from stereo_depth_ros.node_parameters import (EXIT_BACKEND_FAILED, EXIT_BAD_PARA
                                               declare_and_read, ready_line, resolve_params_files, runtime_change)
 from stereo_depth_ros.pipeline import PairError, StereoPipeline
 from stereo_depth_ros.postprocess import OutputRequest
+from stereo_depth_ros.inputs.sources import FrameDecoder, input_topics
 from stereo_depth_ros.inputs.sync import StereoFrame, StereoSynchronizer
 
 NODE_NAME = "stereo_depth_node"
@@ -97,6 +98,9 @@ class StereoDepthNode(Node):
         self._stale_seen = 0
         self._newest_stamp = {"left": -1, "right": -1}  # newest image stamp (ns) seen per side
         self._hardware_id = ""
+        # Which topics and message types come in, and what makes the pipeline's pair of them (inputs/sources.py).
+        self.inputs = input_topics(self.config.image_transport, self.config.rectify)
+        self.decoder = FrameDecoder(compressed=self.inputs.compressed, rectify=self.config.rectify)
 
         self.sync = StereoSynchronizer(
             self._on_frame,
@@ -135,11 +139,10 @@ class StereoDepthNode(Node):
     def _create_topics(self, qos_in: Any, overrides: QoSOverridingOptions) -> None:
         """The four inputs and four outputs (a new input profile per topic: rclpy writes a topic's overrides into
         the profile it is given)."""
-        self.create_subscription(Image, "left/image_rect", self._image_callback("left", self.sync.add_left_image),
-                                 qos_in(), qos_overriding_options=overrides)
-        self.create_subscription(Image, "right/image_rect",
-                                 self._image_callback("right", self.sync.add_right_image), qos_in(),
-                                 qos_overriding_options=overrides)
+        image_type = CompressedImage if self.inputs.compressed else Image
+        for side, add in (("left", self.sync.add_left_image), ("right", self.sync.add_right_image)):
+            self.create_subscription(image_type, self.inputs.image_topic(side, self.resolve_topic_name),
+                                     self._image_callback(side, add), qos_in(), qos_overriding_options=overrides)
         self.create_subscription(CameraInfo, "left/camera_info", self._info_callback(self.sync.add_left_info),
                                  qos_in(), qos_overriding_options=overrides)
         self.create_subscription(CameraInfo, "right/camera_info", self._info_callback(self.sync.add_right_info),
@@ -216,6 +219,8 @@ class StereoDepthNode(Node):
             if job is None:
                 continue
             try:
+                if self.capture is not None or self._request().any():  # lazy: no decoding for nobody
+                    job.frame = self.decoder.decode(job.frame)  # decompress/rectify here, off the executor
                 confident_share = self._process(job)
                 if self.capture is not None:  # after publishing; queues references, never waits for the disk
                     self.capture.offer_frame(job.frame, confident_share, self.get_fully_qualified_name())
