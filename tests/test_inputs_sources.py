@@ -125,3 +125,29 @@ def test_a_bad_pair_is_a_pair_error_naming_the_side_and_the_problem():
         with pytest.raises(PairError) as info:
             decoder.decode(frame)
         assert info.value.kind == kind and message in str(info.value), str(info.value)
+
+
+def test_hard_pair_capture_writes_the_rectified_pair_and_camera_info(tmp_path):
+    """What the node's capture gets from a decoded frame: rectified pixels and the rectified camera_info."""
+    from stereo_depth_ros.capture import HardPairCapture
+    from stereo_depth_ros.dataset_layout import read_camera_info, read_image, sample_names
+
+    raw = raw_stereo_rig(RIG)
+    stamp = SimpleNamespace(stamp=SimpleNamespace(sec=5, nanosec=0), frame_id="cam")
+    left, right = (SimpleNamespace(encoding="rgb8", height=raw.height, width=raw.width, step=raw.width * 3,
+                                   is_bigendian=0, data=image.tobytes(), header=stamp)
+                   for image in (raw.left, raw.right))
+    infos = _raw_infos(raw)
+    for info in infos:
+        info.header = stamp
+    decoded = FrameDecoder(rectify=True).decode(StereoFrame(left, right, *infos))
+    capture = HardPairCapture.open(tmp_path / "captures")
+    assert capture.trigger()[0]
+    assert capture.offer_frame(decoded, None, "test") == "trigger"
+    capture.close()
+    (name,) = sample_names(tmp_path / "captures")
+    written = read_image(tmp_path / "captures" / name / "left.png")
+    np.testing.assert_array_equal(written, image_to_rgb(decoded.left_image))
+    left_yaml, right_yaml = read_camera_info(tmp_path / "captures" / "camera_info.yaml")
+    assert left_yaml["distortion_coefficients"]["data"] == [0.0] * 5
+    assert right_yaml["projection_matrix"]["data"] == raw.right_camera.p.reshape(-1).tolist()
