@@ -32,6 +32,7 @@ from stereo_depth_ros.model_names import MODEL_NAMES as MODELS
 
 BACKENDS = tuple(_BACKEND_TABLE)
 PRECISIONS = ("fp32", "fp16", "bf16")
+IMAGE_TRANSPORTS = ("raw", "compressed")  # image_transport's names; stereo_depth_ros/inputs/sources.py
 ONNX_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 # What users tune while watching RViz; the node applies a change from the next pair on.
 RUNTIME_PARAMETERS = frozenset({"confidence_threshold", "iters", "publish_points", "publish_confidence"})
@@ -78,6 +79,10 @@ class NodeConfig:
     approximate_sync_tolerance_seconds: float = _param(
         0.0, "Largest left/right stamp difference for approximate sync; 0 = unbounded")
     queue_size: int = _param(5, "Images kept per input while waiting for the other side")
+    image_transport: str = _param(
+        "raw", "raw: sensor_msgs/Image | compressed: sensor_msgs/CompressedImage (JPEG, PNG) on <image>/compressed")
+    rectify: bool = _param(
+        False, "Subscribe to raw images (left/image_raw, right/image_raw) and rectify them here from camera_info")
     use_system_default_qos: bool = _param(
         False, "Subscribe with the middleware's default QoS (for a Fast DDS reader: best effort) instead of following "
                "the publishers (reliable from reliable drivers, best effort from best-effort ones)")
@@ -174,6 +179,7 @@ class NodeConfig:
                 and self.approximate_sync_tolerance_seconds >= 0.0):
             raise ConfigError("parameter approximate_sync_tolerance_seconds: must be a finite number >= 0, got "
                               f"{self.approximate_sync_tolerance_seconds}")
+        choice("image_transport", IMAGE_TRANSPORTS)
         if self.queue_size < 1:
             raise ConfigError(f"parameter queue_size: must be >= 1, got {self.queue_size}")
         if not 0.0 <= self.confidence_threshold <= 1.0:

@@ -6,6 +6,8 @@ Offers:
 - `image_to_rgb(msg)`: uint8 [H, W, 3] RGB for the networks (mono replicated, 16-bit scaled to 8 bits).
 - `array_to_image(array, encoding, msg=None)`: the fields of an Image for an array (`32FC1`, `mono8`, `rgb8`, ...),
   written onto `msg` when given, else returned as a dict; `byte_array(array)` for other uint8[] fields.
+- `ArrayImage(array, encoding, header)`: an image the node made itself (decompressed, rectified) with an Image
+  message's fields over a numpy array, so that `image_to_array`/`image_to_rgb` read it like a received message.
 - `ImageConversionError` (a ValueError) naming the problem for unsupported encodings, empty or truncated data,
   and a `step` that does not fit the width.
 
@@ -15,6 +17,7 @@ PyPI and the encodings a stereo camera sends are few, so this is a small table o
 from __future__ import annotations
 
 import array as pyarray
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import cv2
@@ -163,3 +166,43 @@ def array_to_image(array: np.ndarray, encoding: str, msg: Any = None) -> Any:
     for name, value in fields.items():
         setattr(msg, name, value)
     return msg
+
+
+@dataclass(frozen=True)
+class ArrayImage:
+    """A sensor_msgs/Image look-alike over a C-contiguous numpy array: [H, W] or [H, W, C] of the encoding's
+    element type (see `_LAYOUTS`), in native byte order. `header` is the message's it was made from (stamp and
+    frame_id go on to the outputs)."""
+
+    array: np.ndarray
+    encoding: str
+    header: Any = None
+
+    def __post_init__(self) -> None:
+        layout = _layout(self.encoding)
+        array = self.array
+        channels = 1 if array.ndim == 2 else array.shape[2] if array.ndim == 3 else -1
+        if channels != layout.channels or array.dtype.itemsize != layout.dtype.itemsize or \
+                not array.flags.c_contiguous:
+            raise ImageConversionError(f"an array of shape {array.shape} ({array.dtype}) is not a contiguous "
+                                       f"{self.encoding} image")
+
+    @property
+    def height(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.array.shape[1])
+
+    @property
+    def step(self) -> int:
+        return int(self.array.strides[0])
+
+    @property
+    def is_bigendian(self) -> int:
+        return 0
+
+    @property
+    def data(self) -> np.ndarray:
+        return self.array.reshape(-1).view(np.uint8)  # bytes, as np.frombuffer reads a message's data

@@ -33,7 +33,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSPolicyKind
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from stereo_msgs.msg import DisparityImage
 
@@ -48,6 +48,7 @@ from stereo_depth_ros.node_parameters import (EXIT_BACKEND_FAILED, EXIT_BAD_PARA
 from stereo_depth_ros.pipeline import PairError, StereoPipeline
 from stereo_depth_ros.postprocess import OutputRequest
 from stereo_depth_ros.inputs.health import PairCounters
+from stereo_depth_ros.inputs.sources import FrameDecoder, input_topics
 from stereo_depth_ros.inputs.sync import StereoFrame, StereoSynchronizer
 from stereo_depth_ros.node_inputs import NodeInputs
 
@@ -100,6 +101,9 @@ class StereoDepthNode(Node):
         self._mailbox: LatestMailbox[_Job] = LatestMailbox()
         self._messages = OutputMessages()
         self._hardware_id = ""
+        # Which topics and message types come in, and what makes the pipeline's pair of them (inputs/sources.py).
+        self.sources = input_topics(self.config.image_transport, self.config.rectify)
+        self.decoder = FrameDecoder(compressed=self.sources.compressed, rectify=self.config.rectify)
 
         self.sync = StereoSynchronizer(
             self._on_frame,
@@ -113,9 +117,13 @@ class StereoDepthNode(Node):
         # take effect on these topics; every policy, not only rclpy's default three (history, depth, reliability).
         overrides = QoSOverridingOptions([kind for kind in QoSPolicyKind if kind is not QoSPolicyKind.INVALID])
         try:  # inputs: reliable from reliable drivers, still matching best-effort ones (node_inputs, inputs.qos)
+            image_type = CompressedImage if self.sources.compressed else Image
+            image_topics = (self.sources.image_topic("left", self.resolve_topic_name),
+                            self.sources.image_topic("right", self.resolve_topic_name))
             self.inputs = NodeInputs(self, self.sync, self.config.queue_size, self.config.use_system_default_qos,
                                      overrides, self._warn, self.config.approximate_sync,
-                                     self.config.approximate_sync_tolerance_seconds, self._on_camera_info)
+                                     self.config.approximate_sync_tolerance_seconds, self._on_camera_info,
+                                     image_type=image_type, image_topics=image_topics)
             self._create_outputs(overrides)
         except (RuntimeError, ParameterException) as exc:  # a qos_overrides.* value rclpy cannot use
             raise StartupError(f"invalid parameters: QoS override: {exc}", EXIT_BAD_PARAMETERS) from None
@@ -189,6 +197,8 @@ class StereoDepthNode(Node):
             if job is None:
                 continue
             try:
+                if self.capture is not None or self._request().any():  # lazy: no decoding for nobody
+                    job.frame = self.decoder.decode(job.frame)  # decompress/rectify here, off the executor
                 confident_share = self._process(job)
                 if self.capture is not None:  # after publishing; queues references, never waits for the disk
                     self.capture.offer_frame(job.frame, confident_share, self.get_fully_qualified_name())

@@ -57,19 +57,21 @@ class NodeInputs:
 
     depth: history depth (the node's queue_size); use_system_default_qos: stereo_image_proc's parameter;
     overrides: the QoSOverridingOptions the node passes for qos_overrides.* parameters; warn(kind, message): the
-    node's throttled warning.
+    node's throttled warning; on_camera_info: also called with each camera_info; image_type and image_topics: the
+    images' message class and topic names (inputs.sources: Image or CompressedImage, image_rect or image_raw).
     """
 
     def __init__(self, node: Any, sync: StereoSynchronizer, depth: int, use_system_default_qos: bool,
                  overrides: QoSOverridingOptions, warn: Warn, approximate: bool, tolerance_s: float,
-                 on_camera_info: Callable[[Any], None] | None = None) -> None:
+                 on_camera_info: Callable[[Any], None] | None = None, image_type: Any = Image,
+                 image_topics: tuple[str, str] = ("left/image_rect", "right/image_rect")) -> None:
         self._node, self._sync, self._warn = node, sync, warn
         self._on_camera_info = on_camera_info
         self._depth, self._system_default = depth, use_system_default_qos
         self._newest_image = {LEFT_IMAGE: -1, RIGHT_IMAGE: -1}  # newest image stamp (ns) per side
         self._stale_seen = 0
-        self.topics = [InputTopic(LEFT_IMAGE, Image, "left/image_rect", sync.add_left_image),
-                       InputTopic(RIGHT_IMAGE, Image, "right/image_rect", sync.add_right_image),
+        self.topics = [InputTopic(LEFT_IMAGE, image_type, image_topics[0], sync.add_left_image),
+                       InputTopic(RIGHT_IMAGE, image_type, image_topics[1], sync.add_right_image),
                        InputTopic(LEFT_INFO, CameraInfo, "left/camera_info", sync.add_left_info),
                        InputTopic(RIGHT_INFO, CameraInfo, "right/camera_info", sync.add_right_info)]
         for topic in self.topics:

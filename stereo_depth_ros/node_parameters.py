@@ -92,6 +92,7 @@ def ready_line(config: NodeConfig, estimator: Any, sync_implementation: str, cap
     return (f"ready: backend {config.backend}"
             + (f" ({config.model}, {config.model_path})" if config.backend != "opencv_sgbm" else "")
             + (f" on {providers[0]}" if providers else "")
+            + f", {config.image_transport} images{' rectified here' if config.rectify else ''}"
             + f", {'approximate' if config.approximate_sync else 'exact'} sync ({sync_implementation}), "
             f"{qos}, capture "
             + (f"into {capture.root} ({capture.counters()['capture']})" if capture else "off"))

@@ -33,19 +33,21 @@ class StereoClient:
     By default the client publishes like a stock camera driver: RELIABLE publishers (realsense2_camera,
     zed-ros2-wrapper and depthai-ros default to reliable) from a participant on Fast DDS's default transports,
     whatever profile the node's environment names; `driver_profile=True` gives it the node's Fast DDS profile (a
-    driver started from the node's launch file), `reliable_inputs=False` best-effort publishers.
+    driver started from the node's launch file), `reliable_inputs=False` best-effort publishers. `compressed`:
+    the image publishers send sensor_msgs/CompressedImage (on the image topics as given: name them .../compressed).
     """
 
     _instances = itertools.count()
 
     def __init__(self, env: Mapping[str, str], namespace: str = "", name: str | None = None,
                  inputs: Mapping[str, str] | None = None, outputs: Sequence[str] = OUTPUT_TOPICS,
-                 diagnostics: bool = True, reliable_inputs: bool = True, driver_profile: bool = False):
+                 diagnostics: bool = True, reliable_inputs: bool = True, driver_profile: bool = False,
+                 compressed: bool = False):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy
-        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
         from stereo_msgs.msg import DisparityImage
 
         profile_keys = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
@@ -68,8 +70,10 @@ class StereoClient:
                             reliability=(ReliabilityPolicy.RELIABLE if reliable_inputs
                                          else ReliabilityPolicy.BEST_EFFORT))
         self.pub = {
-            "left_image": self.node.create_publisher(Image, topics["left_image"], qos_in),
-            "right_image": self.node.create_publisher(Image, topics["right_image"], qos_in),
+            "left_image": self.node.create_publisher(CompressedImage if compressed else Image, topics["left_image"],
+                                                     qos_in),
+            "right_image": self.node.create_publisher(CompressedImage if compressed else Image, topics["right_image"],
+                                                      qos_in),
             "left_info": self.node.create_publisher(CameraInfo, topics["left_info"], qos_in),
             "right_info": self.node.create_publisher(CameraInfo, topics["right_info"], qos_in),
         }
@@ -199,6 +203,28 @@ def image_message(array, encoding: str, stamp, frame_id: str):
     from stereo_depth_ros.image_conversion import array_to_image
 
     msg = array_to_image(array, encoding, Image())
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def compressed_message(array, encoding: str, stamp, frame_id: str, codec: str = "png", jpeg_quality: int = 90):
+    """sensor_msgs/CompressedImage of an rgb8 or mono8 array as compressed_image_transport writes it: colour is
+    handed to OpenCV's encoder as BGR, the format is "<encoding>; <codec> compressed bgr8|mono8"."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    from stereo_depth_ros.image_conversion import byte_array
+
+    colour = encoding != "mono8"
+    pixels = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if colour else array
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if codec == "jpeg" else []
+    ok, data = cv2.imencode(".jpg" if codec == "jpeg" else ".png", pixels, params)
+    if not ok:
+        raise ValueError(f"cannot encode a {encoding} image as {codec}")
+    msg = CompressedImage()
+    msg.format = f"{encoding}; {codec} compressed {'bgr8' if colour else 'mono8'}"
+    msg.data = byte_array(data)
     msg.header.stamp = stamp
     msg.header.frame_id = frame_id
     return msg

@@ -102,3 +102,29 @@ def require_ros_tooling() -> None:
     if missing:
         pytest.skip("needs the ROS tooling wheels (launch, ros2cli, colcon): missing " + ", ".join(missing)
                     + f"; `make test` installs them from {SHARED / 'ros' / 'wheels'} when that folder exists")
+
+
+VENV = Path(__import__("sys").prefix)
+
+
+def venv_activation() -> str:
+    """The shell prefix that activates this venv (`make venv`'s .venv, an ament prefix: tools/ament_venv.py), for
+    tests of the README's venv route; skips without the ROS tooling wheels or outside a venv."""
+    import shlex
+    import sys
+
+    require_ros_tooling()
+    if sys.prefix == sys.base_prefix or not (VENV / "bin" / "activate").is_file():
+        pytest.skip("not running in a venv with bin/activate (the route under test is `make venv`'s .venv)")
+    return f"source {shlex.quote(str(VENV / 'bin' / 'activate'))} && "
+
+
+def plain_env(workdir: Path) -> dict[str, str]:
+    """node_env without any ROS or venv setting (AMENT_PREFIX_PATH, PYTHONPATH, the venv's bin/ on PATH): what a
+    new shell has before `source .venv/bin/activate`."""
+    env = node_env(workdir)
+    for name in ("AMENT_PREFIX_PATH", "PYTHONPATH", "VIRTUAL_ENV", "COLCON_PREFIX_PATH"):
+        env.pop(name, None)
+    venv_bin = str(VENV / "bin")
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p != venv_bin)
+    return env

@@ -52,7 +52,7 @@ def workspace(tmp_path_factory):
     assert "local_setup" not in result.stdout + result.stderr, result.stdout + result.stderr
     share = ws / "install" / "stereo_depth_ros" / "share" / "stereo_depth_ros"
     for installed in ("launch/stereo.launch.py", "config/stereo.yaml", "config/fastdds_shm.xml", "rviz/stereo.rviz",
-                      "package.xml"):
+                      "package.xml", "config/cameras/realsense.yaml", "config/cameras/oakd_driver.yaml"):
         assert (share / installed).is_file(), f"colcon did not install {installed}"
     assert (ws / "install" / "stereo_depth_ros" / "lib" / "stereo_depth_ros" / "stereo_depth_node").is_file()
     return ws, env

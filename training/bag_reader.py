@@ -78,16 +78,13 @@ def _nearest(sorted_values: list[int], value: int) -> int | None:
 
 
 def message_to_rgb(msg: Any, msgtype: str) -> np.ndarray:
-    """uint8 [H, W, 3] RGB, exactly what the node feeds the network for the same message."""
-    if msgtype == "sensor_msgs/msg/CompressedImage":
-        import cv2
-
-        image = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"cannot decode CompressedImage (format {msg.format!r})")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """uint8 [H, W, 3] RGB, exactly what the node feeds the network for the same message (the node's own
+    decoding of compressed images, then its one image conversion). ValueError naming the problem."""
     from stereo_depth_ros.image_conversion import image_to_rgb
+    from stereo_depth_ros.inputs.compressed import compressed_to_image
 
+    if msgtype == "sensor_msgs/msg/CompressedImage":
+        return image_to_rgb(compressed_to_image(msg))
     return image_to_rgb(msg)
 
 
