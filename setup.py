@@ -31,7 +31,7 @@ setup(
     install_requires=["numpy", "opencv-python-headless", "pyyaml", "torch", "timm"],
     extras_require={
         "onnx": ["onnx", "onnxruntime-gpu"],
-        "train": ["rosbags", "rosbags-image[opencv-headless]", "tqdm", "tensorboard", "onnx", "onnxruntime-gpu"],
+        "train": ["rosbags", "tqdm", "tensorboard", "onnx", "onnxruntime-gpu"],
         "test": ["pytest<9", "scikit-image"],
     },
     zip_safe=True,

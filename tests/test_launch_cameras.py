@@ -125,7 +125,7 @@ def test_each_preset_subscribes_to_its_drivers_topics(activated, tmp_path, camer
 def test_own_params_file_and_launch_arguments_override_the_preset(activated, tmp_path):
     own = tmp_path / "mine.yaml"
     own.write_text(yaml.safe_dump({"stereo_depth_node": {"ros__parameters": {
-        "approximate_sync": True, "approximate_sync_tolerance_seconds": 0.004, "use_system_default_qos": False}}}))
+        "approximate_sync": True, "approximate_sync_tolerance_seconds": 0.004, "queue_size": 3}}}))
     env = plain_env(tmp_path)
     arguments = f"camera:=realsense params_file:={own} image_transport:=compressed rectify:=true"
     with _launch(activated, arguments, tmp_path, env) as launch, StereoClient(env, outputs=()) as client:
@@ -136,7 +136,7 @@ def test_own_params_file_and_launch_arguments_override_the_preset(activated, tmp
     assert subscriptions["/camera/camera/infra1/image_rect_raw/compressed"] == ["sensor_msgs/msg/CompressedImage"]
     assert subscriptions["/camera/camera/infra2/image_rect_raw/compressed"] == ["sensor_msgs/msg/CompressedImage"]
     assert "compressed images rectified here, approximate sync" in launch.log(), launch.log()
-    assert "sensor-data QoS" in launch.log(), launch.log()
+    assert "keep last 3" in launch.log(), launch.log()
 
 
 @pytest.fixture(scope="module")
