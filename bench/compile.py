@@ -3,13 +3,14 @@
     .venv/bin/python bench/compile.py                                  # CPU: 480x640 and 240x320, 8 iterations
     .venv/bin/python bench/compile.py --sizes 240x320 --repeats 3 --device cpu
 
-Per size: `TorchEstimator(capture=...)` with "off" (eager) and "compile" on the Motorcycle pair (uint8, upload,
-resize, network, confidence), seeded weights (speed does not depend on them), each row in a fresh child process
-(a compilation leaves state behind). first s: the first call, which compiles (or, eager, pays lazy
-initialisation); median ms / CPU ms: median wall and process-CPU time of --repeats calls after it (CUDA
-synchronised; CPU time is the steadier figure when other jobs share the cores); max |d| px: largest disparity
-difference from eager of the same size (pixels valid in both) and how many pixels are valid in only one. Prints a
-markdown table and the machine's load average before and after each row.
+Per size, in a fresh child process (a compilation leaves state behind): `TorchEstimator(capture=...)` with "off"
+(eager) and "compile" on the Motorcycle pair (uint8, upload, resize, network, confidence), seeded weights (speed
+does not depend on them). first s: the first call, which compiles (eager: pays lazy initialisation). Then the two
+run in turn, call by call and the order alternating, --repeats times each, so that both see the same load on a
+shared machine: median ms and CPU ms (process CPU time, all threads) per call, and compile / eager: the median of
+the per-round ratios of wall times (CUDA synchronised). max |d| px: the largest disparity difference from eager
+(pixels valid in both), and how many pixels are valid in only one. Prints a markdown table and the load average
+around each size.
 """
 from __future__ import annotations
 
@@ -38,44 +39,40 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def measure(variant: str, size: tuple[int, int], args: argparse.Namespace) -> tuple[dict, np.ndarray]:
+def measure_size(size: tuple[int, int], args: argparse.Namespace) -> dict:
+    """Both variants at one size, interleaved (see the module docstring)."""
     height, width = size
     left, right = motorcycle_pair(height, width)
-    estimator = TorchEstimator(model="rt_igev", device=args.device, iters=args.iters, capture=variant)
-    cuda = estimator.device.type == "cuda"
+    estimators = {variant: TorchEstimator(model="rt_igev", device=args.device, iters=args.iters, capture=variant)
+                  for variant in ("off", "compile")}
 
-    def call() -> np.ndarray:
-        disparity = estimator.estimate_at(left, right, width, height).disparity
-        if cuda:
-            torch.cuda.synchronize(estimator.device)
-        return disparity
-
-    began = time.perf_counter()
-    call()
-    first_s = time.perf_counter() - began
-    wall, cpu = [], []
-    disparity = None
-    for _ in range(args.repeats):
+    def call(variant: str) -> tuple[float, float, np.ndarray]:
+        estimator = estimators[variant]
         began, began_cpu = time.perf_counter(), time.process_time()
-        disparity = call()
-        wall.append((time.perf_counter() - began) * 1e3)
-        cpu.append((time.process_time() - began_cpu) * 1e3)
-    assert disparity is not None
-    return ({"first_s": first_s, "median_ms": statistics.median(wall), "cpu_ms": statistics.median(cpu),
-             "fallback": estimator.captures.fallback_reason}, disparity)
+        disparity = estimator.estimate_at(left, right, width, height).disparity
+        if estimator.device.type == "cuda":
+            torch.cuda.synchronize(estimator.device)
+        return (time.perf_counter() - began) * 1e3, (time.process_time() - began_cpu) * 1e3, disparity
+
+    result: dict = {"first_s": {}, "wall_ms": {"off": [], "compile": []}, "cpu_ms": {"off": [], "compile": []}}
+    outputs = {}
+    for variant in estimators:
+        result["first_s"][variant] = call(variant)[0] / 1e3
+    for round_ in range(args.repeats):
+        for variant in ("off", "compile") if round_ % 2 == 0 else ("compile", "off"):  # neither always goes first
+            wall, cpu, outputs[variant] = call(variant)
+            result["wall_ms"][variant].append(wall)
+            result["cpu_ms"][variant].append(cpu)
+    reference, compiled = outputs["off"], outputs["compile"]
+    both = np.isfinite(reference) & np.isfinite(compiled)
+    result["max_diff_px"] = float(np.abs(compiled[both] - reference[both]).max()) if both.any() else None
+    result["valid_in_one"] = int((np.isfinite(reference) != np.isfinite(compiled)).sum())
+    result["fallback"] = estimators["compile"].captures.fallback_reason
+    return result
 
 
 def load_text() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
-
-
-def run_row(size: tuple[int, int], variant: str, args: argparse.Namespace, folder: Path) -> tuple[dict, np.ndarray]:
-    """`measure` in a child process (this script with --row)."""
-    out = folder / f"{size[0]}x{size[1]}_{variant}"
-    command = [sys.executable, __file__, "--device", args.device, "--iters", str(args.iters), "--repeats",
-               str(args.repeats), "--row", f"{size[0]}x{size[1]}", variant, str(out)]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(out.with_suffix(".json").read_text()), np.load(out.with_suffix(".npy"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,33 +81,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(480, 640), (240, 320)])
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--row", nargs=3, metavar=("HxW", "VARIANT", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--size-json", nargs=2, metavar=("HxW", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.row:
-        size, variant, out = args.row
-        row, disparity = measure(variant, parse_size(size), args)
-        Path(out).with_suffix(".json").write_text(json.dumps(row))
-        np.save(Path(out).with_suffix(".npy"), disparity)
+    if args.size_json:
+        size, out = args.size_json
+        Path(out).write_text(json.dumps(measure_size(parse_size(size), args)))
         return 0
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads\n")
-    print("| size | variant | first s | median ms | CPU ms | max |d| px | valid in one | load before / after |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{torch.get_num_threads()} threads, {args.iters} iterations, {args.repeats} interleaved rounds\n")
+    print("| size | variant | first s | median ms | CPU ms | compile / eager | max |d| px | valid in one | "
+          "load before / after |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
-        for size in args.sizes:
-            reference = None
-            for variant in ("off", "compile"):
-                before = load_text()
-                row, disparity = run_row(size, variant, args, Path(folder))
-                if reference is None:
-                    reference = disparity
-                both = np.isfinite(reference) & np.isfinite(disparity)
-                diff = float(np.abs(disparity[both] - reference[both]).max()) if both.any() else float("nan")
-                one = int((np.isfinite(reference) != np.isfinite(disparity)).sum())
-                name = "eager" if variant == "off" else variant
-                note = f" ({row['fallback']})" if row["fallback"] else ""
-                print(f"| {size[0]}x{size[1]} | {name}{note} | {row['first_s']:.1f} | {row['median_ms']:.0f} | "
-                      f"{row['cpu_ms']:.0f} | {diff:.2e} | {one} | {before} / {load_text()} |", flush=True)
+        for height, width in args.sizes:
+            out = Path(folder) / f"{height}x{width}.json"
+            before = load_text()
+            subprocess.run([sys.executable, __file__, "--device", args.device, "--iters", str(args.iters),
+                            "--repeats", str(args.repeats), "--size-json", f"{height}x{width}", str(out)],
+                           check=True, stdout=subprocess.DEVNULL)
+            after = load_text()
+            r = json.loads(out.read_text())
+            ratio = statistics.median(c / e for c, e in zip(r["wall_ms"]["compile"], r["wall_ms"]["off"],
+                                                            strict=True))
+            for variant, name in (("off", "eager"), ("compile", "compile")):
+                extra = (f"{ratio:.2f} | {r['max_diff_px']:.2e} | {r['valid_in_one']}" if variant == "compile"
+                         else "- | - | -")
+                note = f" ({r['fallback']})" if variant == "compile" and r["fallback"] else ""
+                print(f"| {height}x{width} | {name}{note} | {r['first_s'][variant]:.1f} | "
+                      f"{statistics.median(r['wall_ms'][variant]):.0f} | {statistics.median(r['cpu_ms'][variant]):.0f}"
+                      f" | {extra} | {before} / {after} |", flush=True)
     return 0
 
 

@@ -12,10 +12,12 @@ The fit has to survive what a robot's GPU does to frame times (README "Latency b
   same side are a new level, not spikes, and restart the fit's level from them; a slow drift stays inside the
   tolerance and moves the level frame by frame (`smoothing`, an exponentially weighted mean).
 - The count must climb back when there is slack. The level is measured at the count that runs, so slack shows up
-  at once; but the per-iteration cost (the slope) can only be measured across different counts. It is fitted with
-  a longer memory (`slope_smoothing`) than the level, and when one count has run for `probe_every` frames in a row
-  `choose_iterations` runs the next larger count once (a probe, at most one iteration over the predicted time), so
-  a slope that went wrong is corrected instead of holding the count down for good.
+  at once; but the per-iteration cost (the slope) can only be measured across different counts. It is the median
+  of the last `slope_pairs` slopes between neighbouring fitted frames at different counts (neighbours: a drifting
+  level cancels out; the median: one bad pair does not count, and an old slope is forgotten completely), and when
+  one count has run for `probe_every` frames in a row `choose_iterations` runs the next larger count once (a
+  probe, at most one iteration over the predicted time), so a slope that went wrong is corrected instead of
+  holding the count down for good.
 
 Until two different counts have been measured the split between the fixed and the per-iteration part is unknown;
 the model then assumes no fixed cost (time proportional to k), and sets nothing aside. `TorchEstimator.warmup`
@@ -27,6 +29,7 @@ import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+
 
 @dataclass(frozen=True)
 class IterationChoice:
@@ -41,8 +44,8 @@ class IterationChoice:
 class IterationCostModel:
     """time_ms(k) ~= fixed_ms + per_iteration_ms * k, fitted robustly to (k, measured ms) pairs.
 
-    smoothing: weight of the newest frame in the level (fast: follows drifts within a few frames);
-    slope_smoothing: weight of the newest frame in the per-iteration cost (slow: probes are rare);
+    smoothing: weight of the newest frame in the level (follows drifts within a few frames);
+    slope_pairs: how many neighbouring pairs at different counts the per-iteration cost is the median of;
     outlier_share, outlier_spreads: the tolerance, see the module docstring; confirm_frames: outliers in a row on
     one side that make a new level; probe_every: frames at one count before a probe of the next larger one.
     """
@@ -82,9 +85,7 @@ class IterationCostModel:
 
     def predict_ms(self, iterations: int) -> float | None:
         """Predicted time of a frame with `iterations` iterations; None before any measurement."""
-        if self._per_iteration is None:
-            return None
-        return self._fixed + self._per_iteration * iterations
+        return None if self._per_iteration is None else self._predict(iterations)
 
     def observe(self, iterations: int, elapsed_ms: float) -> None:
         """Add one measured frame that ran `iterations` iterations in `elapsed_ms`."""
