@@ -39,6 +39,7 @@ bench: venv
 	$(PY) bench/node.py
 	$(PY) bench/node_e2e.py transport
 	$(PY) bench/capture.py
+	$(PY) bench/budget.py
 	$(PY) bench/train.py
 	$(PY) bench/export.py
 	$(PY) bench/label.py

@@ -14,8 +14,13 @@ Rows (CUDA: sizes as listed; --quick: tiny sizes, 2 iterations, few repeats):
   included), max and mean |disparity difference| in pixels against fp32 eager of the same size (pixels valid in
   both; `valid_mismatch` in the JSON counts the rest).
 - budget, 480x640, fp32, captured: no budget, then budgets of 80 % and 50 % of that frame time: the iteration
-  count chosen, the latency achieved, misses, and the fitted fixed + per-iteration cost.
-- pipeline, 480x640: the whole per-frame pipeline, once it is merged.
+  count chosen, the latency achieved, misses, the fitted fixed + per-iteration cost, and captures made on live
+  frames (warm-up captures every count the budget may choose: 0 expected).
+- pipeline, 480x640: the whole per-frame pipeline; `stage_ms_last_frame` in the JSON (the estimate stage ends
+  with the device synchronised).
+- warmup, device, pool (bench/gpu_fixes.py): warm-up at the camera size (720x1280 camera, 480x640 working, no
+  confidence: frame 1 must capture and allocate nothing), the student captured on cuda:1 (when there are two
+  GPUs), and the peak memory of the budget's captures with a pool per graph vs the shared pool.
 - upstream (--upstream DIR, a checkout of gangweix/IGEV-plusplus; bench/upstream_rt_igev.py builds it offline):
   upstream's RT-IGEV eager fp32 on our weights and the same pair (already on the device, so it pays no upload),
   its speed ratio to ours and its |difference| from our fp32 eager.
@@ -44,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from gpu_compare import compile_section, isolated_row, upstream_section  # noqa: E402
+from gpu_fixes import device_section, pool_section, warmup_section  # noqa: E402
 from gpu_measure import Deadline, Row  # noqa: E402
 from gpu_sections import (  # noqa: E402
     Settings,
@@ -57,7 +63,8 @@ from gpu_sections import (  # noqa: E402
 from stereo_depth_ros.atomic_io import atomic_write_json  # noqa: E402
 
 DEFAULT_TIME_LIMIT_S = 440.0  # 8 minutes less the start-up and a margin
-SECTIONS = ("student", "budget", "pipeline", "upstream", "teacher", "training", "compile")
+SECTIONS = ("student", "budget", "pipeline", "warmup", "pool", "device", "upstream", "teacher", "training",
+            "compile")
 
 
 def full_settings(device: torch.device) -> Settings:
@@ -189,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sections: list[tuple[str, Callable[[Settings, Deadline, Callable[[Row], None]], None]]] = [
         ("student", student_section), ("budget", budget_section), ("pipeline", pipeline_section),
+        ("warmup", warmup_section), ("pool", pool_section), ("device", device_section),
         ("upstream", upstream_section), ("teacher", teacher_section), ("training", training_section),
         ("compile", compile_section)]
     sections = [(name, section) for name, section in sections if not args.only or name in args.only]

@@ -160,7 +160,7 @@ def budget_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
         estimator.latency_budget_ms = 0.0 if share is None else share * full_ms
         estimator.warmup(height, width)  # captures; with a budget also measures the full count and one iteration
         chosen.clear()
-        misses = estimator.budget_misses
+        misses, captures = estimator.budget_misses, estimator.captures.captures
         times, _ = time_ms(frame, s.device, 0, max(3, s.repeats // 5))
         ms = median(times)
         full_ms = ms if share is None else full_ms
@@ -169,7 +169,9 @@ def budget_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
         row.variant += " no budget" if share is None else f" budget {budget:.1f} ms"
         fit = estimator.cost_model
         row.extra = {"budget_ms": budget, "iterations": chosen, "misses": estimator.budget_misses - misses,
-                     "fixed_ms": fit.fixed_ms, "per_iteration_ms": fit.per_iteration_ms, "max_ms": max(times)}
+                     "fixed_ms": fit.fixed_ms, "per_iteration_ms": fit.per_iteration_ms, "max_ms": max(times),
+                     "captures_in_frames": estimator.captures.captures - captures,
+                     "outliers": fit.outliers}
         if share is not None:
             row.note = (f"chose {min(chosen)}-{max(chosen)} iterations, {row.extra['misses']} misses of "
                         f"{len(chosen)}; fit {fit.fixed_ms:.1f} ms + {fit.per_iteration_ms:.2f} ms/iteration")

@@ -13,6 +13,7 @@ xp.stack, then a copy into the message buffers): 2.4 ms vs 0.70 ms at 640x480, 8
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -28,6 +29,14 @@ NAN32 = np.float32(np.nan)
 # of common CPUs. Measured with bench/node.py (frames cache-cold, as in the node): 2^16 best by a little, 2^14
 # loses to per-call overhead, one band (no banding) to memory traffic.
 BAND_PIXELS = 1 << 16
+
+
+def nearest_source_indices(src: int, dst: int) -> np.ndarray:
+    """Source index of each of `dst` output pixels along one axis, as OpenCV's INTER_NEAREST computes it
+    (resizeNN): floor(i * (1 / (dst / src))) in double precision, clamped to the image. torch's "nearest" uses a
+    float32 scale instead and picks other pixels for many size pairs (416 -> 640, 576 -> 640, 384 -> 848...)."""
+    inverse_scale = 1.0 / (dst / src)  # OpenCV's ifx = 1 / fx with fx = dsize / ssize: not always src / dst
+    return np.minimum(np.floor(np.arange(dst, dtype=np.float64) * inverse_scale), src - 1).astype(np.int64)
 
 
 def is_torch(value: Any) -> bool:
@@ -168,8 +177,17 @@ class _TorchOps:
         self.torch.from_numpy(buffer.array).copy_(values)
 
     def rescale(self, values: Any, width: int, height: int, factor: float) -> Any:
-        resized = self.torch.nn.functional.interpolate(values[None, None], size=(height, width), mode="nearest")[0, 0]
+        rows = _nearest_index_tensor(values.shape[0], height, str(values.device))
+        cols = _nearest_index_tensor(values.shape[1], width, str(values.device))
+        resized = values.index_select(0, rows).index_select(1, cols)  # the pixels cv2.resize(INTER_NEAREST) picks
         return resized * float(np.float32(factor)) if factor != 1.0 else resized
+
+
+@functools.lru_cache(maxsize=8)  # a stream keeps one (working, camera) size pair
+def _nearest_index_tensor(src: int, dst: int, device: str) -> Any:
+    import torch
+
+    return torch.from_numpy(nearest_source_indices(src, dst)).to(device)
 
 
 _NUMPY_OPS = _NumpyOps()

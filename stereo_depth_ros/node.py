@@ -97,7 +97,7 @@ class StereoDepthNode(Node):
         if self.config.input_width and self.config.input_height:
             self._warmup(self.config.input_width, self.config.input_height)  # the working size is known now
         self._warmup_size: tuple[int, int] | None = None  # camera size to warm up at, from the first camera_info
-        self._warmed = bool(self.config.input_width and self.config.input_height)
+        self._warmed = False  # warm up (again) at the camera's size too: the upload buffers are camera-sized
         self._mailbox: LatestMailbox[_Job] = LatestMailbox()
         self._messages = OutputMessages()
         self._hardware_id = ""
@@ -178,21 +178,20 @@ class StereoDepthNode(Node):
         self.stats.pair_received(dropped_older=dropped)
 
     # -- worker thread -----------------------------------------------------------------------------------------
-    def _warmup(self, width: int, height: int) -> None:
+    def _warmup(self, width: int, height: int, request: OutputRequest | None = None) -> None:
         start = time.monotonic()
         try:
-            self.pipeline.warmup(width, height)
+            self.pipeline.warmup(width, height, request)
         except Exception as exc:  # a backend that cannot run this size says so on the first pair anyway
             self._warn("warmup", f"backend warm-up at {width}x{height} failed: {type(exc).__name__}: {exc}")
             return
-        self.get_logger().info(f"backend warmed up at {width}x{height} (working size) in "
-                               f"{time.monotonic() - start:.2f} s")
+        self.get_logger().info(f"backend warmed up for {width}x{height} images in {time.monotonic() - start:.2f} s")
 
     def _work(self) -> None:
         while not self._mailbox.closed:
             if self._warmup_size is not None:
                 size, self._warmup_size = self._warmup_size, None
-                self._warmup(*size)
+                self._warmup(*size, self._request())  # with the outputs subscribed now (confidence or not)
             job = self._mailbox.get(timeout=0.2)
             if job is None:
                 continue
@@ -318,6 +317,9 @@ def main(args: list[str] | None = None) -> int:
             executor.spin()
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
+        except Exception:  # a SIGINT racing the executor ("context is not valid") is a shutdown, not a failure
+            if rclpy.ok(context=node.context):
+                raise
         return 0
     finally:
         # A second SIGINT during the clean-up is common (`ros2 launch` forwards one after the terminal's own)

@@ -190,10 +190,15 @@ class StereoPipeline:
         """The confidence a pixel needs to count as confident in FrameResult.confident_share."""
         return self.confidence_threshold if self.confidence_threshold > 0.0 else DEFAULT_CONFIDENT_AT
 
-    def warmup(self, width: int, height: int) -> None:
-        """Run the backend once at the working size for width x height images (lazy initialisation paid now)."""
+    def warmup(self, width: int, height: int, request: OutputRequest | None = None) -> None:
+        """Do the first frame's one-off work now, for camera images of width x height and the outputs `request`
+        (those of the next frames, as far as known): the backend runs at the working size from images of the
+        camera's size (its upload buffers fit them) with confidence on or off as `process` will ask for it (None:
+        every output), so that a torch backend captures exactly the graph the first real frame replays."""
         work_w, work_h = working_size(width, height, self.input_width, self.input_height)
-        self.estimator.warmup(work_h, work_w)
+        if hasattr(self.estimator, "with_confidence"):
+            self.estimator.with_confidence = self.needs_confidence(request or ALL_OUTPUTS)
+        self.estimator.warmup(work_h, work_w, source_size=(height, width))
 
     def _output_buffers(self, height: int, width: int) -> OutputBuffers:
         buffers = self._buffers
@@ -229,6 +234,8 @@ class StereoPipeline:
         work_w, work_h = working_size(width, height, self.input_width, self.input_height)
         t2 = clock()
         estimate = self.estimator.estimate_at(left_rgb, right_rgb, work_w, work_h)
+        if self.estimator.device_outputs:
+            self.estimator.synchronize()  # device outputs may still be computing: their wait is the estimate's
         t3 = clock()
         confidence = estimate.confidence if with_confidence else None
         disparity, confidence = rescale(estimate.disparity, confidence, width, height)

@@ -169,6 +169,30 @@ def test_onnx_backend_dynamic_graph_padded_inside(tmp_path):
     assert np.isnan(out.disparity[0, 0]) and np.isfinite(out.disparity[1:]).all()
 
 
+def test_onnx_backend_reports_the_exports_iteration_count_through_to_diagnostics(tmp_path):
+    """/diagnostics says how many iterations ran; an export runs the count it was made with
+    (`stereo_depth_ros.iters` in its metadata, written by `stereo-distill export`), not "none"."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    onnx = pytest.importorskip("onnx", reason="onnx not installed")
+    from stereo_depth_ros.diagnostics import FrameStats
+    from stereo_depth_ros.pipeline import StereoPipeline
+
+    path = tiny_stereo_onnx(tmp_path / "five.onnx", padded_inside=True, meta={"stereo_depth_ros.iters": "5"})
+    estimator = create_estimator("onnxruntime", model_path=str(path), providers=["CPUExecutionProvider"])
+    assert estimator.iters == 5 and estimator.estimate(*pair(32, 48)).iterations == 5
+    result = StereoPipeline(estimator).process(*pair(32, 48))
+    stats = FrameStats(window=5.0)
+    stats.pair_published(latency_s=0.01, inference_s=result.inference_s, valid_share=result.valid_share,
+                         iterations=result.iterations, budget_missed=result.budget_missed)
+    assert result.iterations == 5 and stats.snapshot()["iterations"] == 5
+    unknown = tiny_stereo_onnx(tmp_path / "old.onnx", padded_inside=True)
+    graph = onnx.load(str(unknown))  # an export made without the count: honestly unknown
+    del graph.metadata_props[[p.key for p in graph.metadata_props].index("stereo_depth_ros.iters")]
+    onnx.save(graph, str(unknown))
+    old = create_estimator("onnxruntime", model_path=str(unknown), providers=["CPUExecutionProvider"])
+    assert old.estimate(*pair(32, 48)).iterations is None
+
+
 def test_onnx_provider_selection_and_bad_files(tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
     from stereo_depth_ros.inference.onnx_backend import DEFAULT_PROVIDERS, select_providers

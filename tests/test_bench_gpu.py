@@ -21,7 +21,7 @@ repo = Path(sys.argv[1]).resolve()
 environment = Path(sys.prefix).resolve()  # a venv inside the checkout holds torch's own files
 allowed = set(sys.stdlib_module_names) | {"torch", "timm", "numpy", "cv2", "skimage", "onnx", "onnxruntime",
     "stereo_depth_ros", "stereo_devkit", "stereo_distill", "gpu_measure", "gpu_sections", "gpu_compare",
-    "upstream_rt_igev"}
+    "gpu_fixes", "upstream_rt_igev"}
 original = builtins.__import__
 def guarded(name, globals=None, locals=None, fromlist=(), level=0):
     importer = (globals or {}).get("__file__") or ""
@@ -63,8 +63,8 @@ def test_quick_run_prints_one_table_and_the_same_rows_as_json(quick_run):
     rows = table_rows(stdout)
     assert len(rows) == len(report["rows"]) and stdout.count("| section |") == 1
     sections = [row["section"] for row in report["rows"]]
-    for section, count in (("student", 12), ("budget", 3), ("pipeline", 1), ("teacher", 2), ("training", 2),
-                           ("compile", 6)):
+    for section, count in (("student", 12), ("budget", 3), ("pipeline", 1), ("warmup", 1), ("pool", 3),
+                           ("device", 1), ("teacher", 2), ("training", 2), ("compile", 6)):
         assert sections.count(section) == count, section
     for cells, row in zip(rows, report["rows"], strict=True):
         assert cells[0] == row["section"] and cells[1] == row["size"] and cells[2] == row["precision"]
@@ -85,6 +85,16 @@ def test_quick_run_prints_one_table_and_the_same_rows_as_json(quick_run):
     assert pipeline["median_ms"] > 0 and pipeline["note"] == "host post-processing"  # CPU: numpy outputs
     assert set(pipeline["extra"]["stage_ms_last_frame"]) >= {"estimate", "postprocess"}
     assert report["weights"] == "seeded init" and report["quick"] is True
+    # issue 20's rows: what the CPU can run runs (warm-up at the camera size: nothing captured or allocated on
+    # the frames after it); the rest says why it needs CUDA
+    (warmup,) = [r for r in report["rows"] if r["section"] == "warmup"]
+    assert warmup["size"] == "32x64->32x32" and warmup["median_ms"] > 0
+    assert warmup["extra"]["captures_in_frames"] == 0 and warmup["extra"]["upload_allocations_in_frames"] == 0
+    assert all(r["note"] == "CUDA graphs run on CUDA only" for r in report["rows"] if r["section"] == "pool")
+    (device,) = [r for r in report["rows"] if r["section"] == "device"]
+    assert device["note"] == "needs 2 CUDA devices (this machine has 0)"
+    budget = [r for r in report["rows"] if r["section"] == "budget"]
+    assert all(r["extra"]["captures_in_frames"] == 0 for r in budget)
 
 
 @pytest.fixture()

@@ -76,6 +76,7 @@ def test_node_onnxruntime_backend_runs_the_export_like_the_torch_backend(fixed_f
     torch_est = create_estimator("torch", model="rt_igev", model_path=str(student_weights), device="cpu", iters=ITERS)
     a, b = onnx_est.estimate(left, right), torch_est.estimate(left, right)
     assert a.disparity.shape == (72, 136)
+    assert a.iterations == b.iterations == ITERS  # the export's count, reported like the torch backend's
     both = np.isfinite(a.disparity) & np.isfinite(b.disparity)
     assert both.mean() > 0.99
     assert np.abs(a.disparity[both] - b.disparity[both]).max() <= 1e-3

@@ -120,7 +120,7 @@ def test_first_pair_published_before_its_camera_info_still_gets_depth(fresh):
     assert depth is not None, f"no depth for the first pair; log:\n{node.log()}"
     assert np.isfinite(float_image(depth)).mean() > 0.3
     # The backend was warmed up at the camera's size as soon as the first camera_info told it.
-    assert node.wait_for_log_regex(r"backend warmed up at \d+x\d+", 5.0), node.log()
+    assert node.wait_for_log_regex(r"backend warmed up for \d+x\d+ images", 5.0), node.log()
 
 
 def _ros2_param_set(env: dict, name: str, value: str) -> subprocess.CompletedProcess:

@@ -1,6 +1,7 @@
 """Post-processing at known pixels: depth, points, the DisparityImage map, masks, bands, and numpy == torch."""
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 
@@ -181,3 +182,34 @@ def test_confident_share_in_bands_and_on_torch(monkeypatch, threshold, confident
     # Not asked for: not computed. Without a confidence map every valid pixel counts.
     assert run(d, conf, cam=cam).confident_share is None
     assert share(d, None).confident_share == pytest.approx(float(np.mean(np.isfinite(d) & (d + 2.0 > 0))))
+
+
+# Camera and working sides between 160 and 1920: every multiple of 8 (what sensors and working sizes use:
+# 240, 376, 480, 720, 752, 1080, 1200...) and KITTI's odd 375 x 1242.
+RESCALE_SIDES = [*range(160, 1921, 8), 375, 1242]
+
+
+def test_device_rescale_picks_the_pixels_opencv_picks_for_every_size_pair():
+    """The torch rescale (outputs left on the GPU) must equal cv2.resize(INTER_NEAREST), the numpy path, for any
+    (working, camera) pair; torch's own "nearest" differs for thousands of these. Rows and columns are
+    independent, so each side pair is checked along one axis: 49,729 pairs, as rows and as columns."""
+    torch = pytest.importorskip("torch")
+    ops = array_ops.array_ops(torch.ones(1))
+    wrong = []
+    for src in RESCALE_SIDES:
+        columns = np.arange(src, dtype=np.float32)[None].repeat(2, axis=0)  # value = source column
+        rows = torch.arange(src, dtype=torch.float32)[:, None]
+        for dst in RESCALE_SIDES:
+            expected = cv2.resize(columns, (dst, 2), interpolation=cv2.INTER_NEAREST)[0]
+            by_column = ops.rescale(torch.from_numpy(columns), dst, 2, 1.0)[0]
+            by_row = ops.rescale(rows, 1, dst, 1.0)[:, 0]
+            if not (np.array_equal(by_column.numpy(), expected) and np.array_equal(by_row.numpy(), expected)):
+                wrong.append((src, dst))
+    assert not wrong, f"{len(wrong)} size pairs differ from OpenCV, e.g. {wrong[:5]}"
+    # and a whole frame through `rescale` (disparity scaled by the width ratio), on both kinds
+    rng = np.random.default_rng(0)
+    small = rng.uniform(1, 50, (416 * 3 // 4, 416)).astype(np.float32)
+    small[rng.random(small.shape) < 0.1] = np.nan
+    expected, _ = rescale(small, None, 640, 480)
+    got, _ = rescale(torch.from_numpy(small), None, 640, 480)
+    np.testing.assert_array_equal(got.numpy(), expected)

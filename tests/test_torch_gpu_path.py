@@ -1,9 +1,11 @@
 """The torch backend's real-time path on the CPU: capture cache, device input, latency budget, device outputs.
 
-No GPU here: CUDA-graph replay itself runs only in `bench/gpu.py` on a GPU. What is tested is everything around
-it: one capture per (height, width, iterations), replay, eviction, the eager fallback (a real one: CUDA graphs
-genuinely fail on CPU tensors, and a simulated one), the OpenCV-equal resize, the reused upload buffers, and the
-iteration choice under a budget with a fake clock driven by the network's own modules.
+No GPU here: CUDA-graph replay itself runs only in `bench/gpu.py` on a GPU (tests/test_cuda_calls.py checks the
+CUDA calls with a recording stand-in). What is tested is everything around it: one capture per (height, width,
+iterations, confidence), replay, eviction, the eager fallback (a real one: CUDA graphs genuinely fail on CPU
+tensors, a simulated one, and torch.compile's recompile limit), the OpenCV-equal resize, the reused upload
+buffers, and the iteration choice under a budget with a fake clock driven by the network's own modules (the cost
+model itself: tests/test_latency_budget.py).
 """
 import warnings
 
@@ -16,7 +18,6 @@ from stereo_depth_ros.inference import create_estimator
 from stereo_depth_ros.inference.base import resize_pair
 from stereo_depth_ros.inference.capture import CaptureCache, CaptureFallbackWarning
 from stereo_depth_ros.inference.device_input import PairUploader, resize_pair_on_device
-from stereo_depth_ros.inference.latency_budget import IterationCostModel, choose_iterations
 
 pytest.importorskip("stereo_depth_ros.models.rt_igev", reason="RT-IGEV not available")
 
@@ -105,7 +106,8 @@ def test_estimator_keys_captures_on_working_size_iterations_and_confidence(monke
 def test_cuda_graph_request_on_cpu_runs_eager_after_one_warning_naming_the_reason():
     left, right = textured_pair()
     reference = student(capture="off").estimate(left, right)
-    with pytest.warns(CaptureFallbackWarning, match="CUDA graphs need inputs on a CUDA device"):
+    with pytest.warns(CaptureFallbackWarning, match="CUDA graphs need inputs on a CUDA device .the estimator runs "
+                                                    "on cpu"):
         estimator = student(capture="cuda_graph")
         first = estimator.estimate(left, right)
     with warnings.catch_warnings():
@@ -177,26 +179,6 @@ def test_device_outputs_are_tensors_equal_to_the_numpy_outputs():
 
 
 # ---------------------------------------------------------------------------------------------- latency budget
-def test_cost_model_fits_fixed_and_per_iteration_parts():
-    model = IterationCostModel(smoothing=0.3)
-    assert model.predict_ms(4) is None and choose_iterations(model, 10.0, 8).iterations == 8
-    model.observe(8, 40.0)  # one count only: time taken as proportional to k
-    assert model.per_iteration_ms == pytest.approx(5.0) and model.fixed_ms == pytest.approx(0.0)
-    for k in (1, 8, 3):
-        model.observe(k, 12.0 + 2.0 * k)
-    assert 2.0 < model.per_iteration_ms < 5.0  # moving to the truth; the first, wrong frame still weighs
-    for _ in range(40):
-        for k in (2, 6):
-            model.observe(k, 12.0 + 2.0 * k)
-    assert model.fixed_ms == pytest.approx(12.0, abs=1e-3) and model.per_iteration_ms == pytest.approx(2.0, abs=1e-4)
-    assert choose_iterations(model, 21.0, 8).iterations == 4  # 12 + 2*4 = 20 <= 21 < 22
-    assert choose_iterations(model, 1000.0, 8).iterations == 8
-    choice = choose_iterations(model, 13.0, 8)  # 12 + 2 = 14 > 13: one iteration, missed
-    assert (choice.iterations, choice.budget_missed) == (1, True)
-    with pytest.raises(ValueError):
-        model.observe(0, 1.0)
-
-
 class FakeClock:
     """Seconds that advance only when the network does work: `fixed_s` per frame (half in each of the two
     feature-network passes) and `per_iteration_s` per GRU step. Binary fractions keep the arithmetic exact."""
@@ -252,6 +234,56 @@ def test_budget_below_one_iteration_runs_one_and_counts_a_miss():
     estimator.latency_budget_ms = 0  # off: the full count again, no miss
     out = estimator.estimate(left, right)
     assert (out.iterations, out.budget_missed) == (4, False) and estimator.budget_misses == 2
+
+
+def test_budget_warmup_captures_every_count_it_may_choose_so_no_frame_captures(monkeypatch):
+    """Under a budget the counts are few (at most max_captures) and all captured at warm-up, the largest first
+    (smaller graphs then fit in the memory the largest leaves in the shared pool); live frames only replay."""
+    estimator = student(iters=8, latency_budget_ms=1000.0, capture="cuda_graph", max_captures=4)
+    estimator.clock = FakeClock(estimator.model)
+    build = CountingBuild()
+    monkeypatch.setattr(estimator.captures, "build", build)
+    left, right = textured_pair(height=32, width=32)
+    estimator.warmup(32, 32)
+    assert estimator.budget_counts == [1, 3, 6, 8]
+    assert [key[2] for key in build.built] == [8, 6, 3, 1]
+    fixed, per_iteration = 2**-6 * 1e3, 2**-8 * 1e3
+    assert estimator.cost_model.fixed_ms == pytest.approx(fixed)
+    assert estimator.cost_model.per_iteration_ms == pytest.approx(per_iteration)
+    chosen = []
+    for budget in (fixed + 8 * per_iteration, fixed + 7 * per_iteration, fixed + 2 * per_iteration, 1000.0):
+        estimator.latency_budget_ms = budget
+        chosen.append(estimator.estimate(left, right).iterations)
+    assert chosen == [8, 6, 1, 8]  # the largest of the captured counts that fits
+    assert len(build.built) == 4 and estimator.captures.captures == 4  # no capture on a live frame
+
+
+def test_compile_recompile_limit_falls_back_with_a_warning(monkeypatch):
+    """Dynamo compiles one variant per (size, iterations, confidence) of the forward and, past its recompile limit,
+    would run eager without a word. Real dynamo; the network is replaced by a stand-in of the same signature and
+    the limit lowered to 2, so that tracing takes a second, not minutes."""
+    from stereo_depth_ros.inference import capture, torch_backend
+
+    def stand_in(left, right, iters, with_confidence):
+        return (left[0, 0] * iters, None)
+
+    torch._dynamo.reset()  # variants compiled by other tests count against the same limit
+    monkeypatch.setattr(capture, "COMPILE_RECOMPILE_LIMIT", 2)
+    monkeypatch.setattr(torch_backend, "compile_forward",
+                        lambda forward, device: torch.compile(stand_in, backend="eager", dynamic=False))
+    estimator = student(capture="compile")
+    eager = student(capture="off")
+    left, right = textured_pair()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for iters in (1, 2, 3, 1):
+            estimator.iters = eager.iters = iters
+            out = estimator.estimate(left, right)
+    fallbacks = [w for w in caught if issubclass(w.category, CaptureFallbackWarning)]
+    assert len(fallbacks) == 1 and "recompile limit (2 compiled variants" in str(fallbacks[0].message)
+    assert estimator.captures.captures == 2 and not estimator.captures.active
+    np.testing.assert_array_equal(out.disparity, eager.estimate(left, right).disparity)  # eager from then on
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("name, value", [("latency_budget_ms", -1.0), ("latency_budget_ms", "5"),

@@ -155,11 +155,20 @@ def test_truncated_last_checkpoint_falls_back_to_the_newest_intact_step(tmp_path
     train(out, "--steps", "1", "--save-every", "1")
     folder = out / "checkpoints"
     last = folder / "last.pth"
-    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a crash or a full disk mid-write
+    intact = (folder / "step_00000001.pth").read_bytes()
+    truncated = last.read_bytes()[: last.stat().st_size // 2]
+    last.write_bytes(truncated)  # a crash or a full disk mid-write
     result = train(out, "--steps", "1", "--save-every", "1")
     assert "Traceback" not in result.err
-    assert f"{last} is unreadable" in result.err and "resuming from step_00000001.pth (step 1)" in result.err
+    (warning,) = [line for line in result.err.splitlines() if "unreadable" in line]  # one line says it all
+    assert f"{last} is unreadable" in warning and "resuming from step_00000001.pth (step 1)" in warning
+    (aside,) = folder.glob("last.pth.corrupt-*")  # set aside, not deleted: kept for a post-mortem
+    assert f"set aside as {aside.name}" in warning and aside.read_bytes() == truncated
+    assert "rewritten as last.pth" in warning and last.read_bytes() == intact  # eval/export read last.pth
+    assert_new_file_modes(last)
     assert "is complete (1 steps)" in result.err
+    again = train(out, "--steps", "1", "--save-every", "1")  # repaired: nothing more to say
+    assert "unreadable" not in again.err and "resuming" in again.err
     for path in folder.glob("*.pth"):
         path.write_bytes(path.read_bytes()[:100])
     result = train(out, "--steps", "1", "--save-every", "1", ok=False)

@@ -2,13 +2,17 @@
 
 A checkpoint holds the model (in load_model's format), optimizer, scheduler, grad scaler, every global RNG, the
 data position and the arguments that define the run. Resuming refuses other settings, and falls back to the
-newest intact step checkpoint when a crash or a full disk left last.pth unreadable.
+newest intact step checkpoint when a crash or a full disk left last.pth unreadable: the unreadable file is set
+aside (renamed NAME.corrupt-<UTC time>, kept for a post-mortem), last.pth is rewritten from the checkpoint resumed
+from (eval, export and the loop read last.pth), and one line says so.
 """
 from __future__ import annotations
 
 import pickle
 import random
+import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,10 +150,35 @@ def load_latest_checkpoint(run: Path, announce: bool = True) -> tuple[Path, dict
             raise CliError(f"cannot resume {run}: {path} is unreadable ({why}) and no intact checkpoint is left; "
                            "use a new --out")
         return None
-    for path, why in broken if announce else []:
-        print(f"warning: {path} is unreadable ({why}); resuming from {best[1].name} (step {best[0]})",
-              file=sys.stderr)
+    for path, why in broken if announce else []:  # rank 0 only under torchrun: one process renames
+        aside = _set_aside(path)
+        restored = ""
+        if path == last and best[1] != last:
+            _restore(best[1], last)
+            restored = f", rewritten as {LAST}"
+        print(f"warning: {path} is unreadable ({why}); set aside as {aside.name}; resuming from {best[1].name} "
+              f"(step {best[0]}){restored}", file=sys.stderr)
     return best[1], best[2]
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint to NAME.corrupt-<UTC time> (no longer a candidate, kept for inspection)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for attempt in range(1, 100):
+        if not aside.exists():
+            break
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{attempt}")
+    path.rename(aside)
+    return aside
+
+
+def _restore(source: Path, target: Path) -> None:
+    """`target` as an atomic copy of the intact checkpoint `source`."""
+    from stereo_depth_ros.atomic_io import atomic_path
+
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def resume(run: Path, state: TrainState, args: Any, announce: bool = True) -> int:

@@ -11,7 +11,10 @@ Per-frame contract (TEAM.md, contract 1):
   iterations (`has_iterations = False`) keep None; backends whose count is fixed when built
   (`iters_fixed = True`, an ONNX export) refuse any other value with ValueError.
 - `supports_device_outputs` / `device_outputs`: a backend that can leave its outputs on its device (torch on
-  CUDA) says so; when the caller sets `device_outputs = True`, `disparity`/`confidence` may be device tensors.
+  CUDA) says so; when the caller sets `device_outputs = True`, `disparity`/`confidence` may be device tensors,
+  still being computed when `estimate_at` returns: `synchronize()` waits for them.
+- `warmup(height, width, source_size)`: the first frames' work done ahead (captures, buffers), from images of the
+  camera's size when known.
 """
 from __future__ import annotations
 
@@ -85,10 +88,17 @@ class StereoEstimator(abc.ABC):
         work_left, work_right = resize_pair(left, right, width, height)
         return self.estimate(work_left, work_right)
 
-    def warmup(self, height: int, width: int) -> None:
-        """Run once at the given size so the first real frame does not pay for lazy initialisation."""
-        blank = np.zeros((height, width, 3), np.uint8)
-        self.estimate(blank, blank)
+    def warmup(self, height: int, width: int, source_size: tuple[int, int] | None = None) -> None:
+        """Run once at the working size height x width, from images of `source_size` ((height, width), the
+        camera's; default the working size), so the first real frame does not pay for lazy initialisation."""
+        src_h, src_w = source_size or (height, width)
+        blank = np.zeros((src_h, src_w, 3), np.uint8)
+        self.estimate_at(blank, blank, width, height)
+
+    def synchronize(self) -> None:
+        """Wait until the last estimate's work is done. A no-op for host backends; one whose outputs stay on a
+        device (`device_outputs`) waits for that device, so that a stage timing ends when the work does."""
+        return None
 
     @property
     def iters(self) -> int | None:

@@ -2,7 +2,9 @@
 
 `PairUploader` copies both images into one reused host buffer ([2, H, W, 3], page-locked on CUDA) and from there
 with one non-blocking copy into a reused device buffer: no allocation per frame, and the copy overlaps whatever
-the device is still doing. `resize_pair_on_device` then converts to float and resizes on the device.
+the device is still doing. The copy and the event that marks its end are on the current stream of the uploader's
+own device (`cuda:1` included), which is made current for them. `resize_pair_on_device` then converts to float
+and resizes on the device.
 
 The resize is OpenCV's, written as two small matrix products, because OpenCV cannot run on the device and the
 device path must give the network the same input as the host path (`resize_pair` of the estimator base: INTER_AREA
@@ -16,6 +18,8 @@ import math
 
 import numpy as np
 import torch
+
+from stereo_depth_ros.inference.capture import device_context
 
 
 class PairUploader:
@@ -38,9 +42,7 @@ class PairUploader:
         dtype = np.uint8 if left.dtype == np.uint8 and right.dtype == np.uint8 else np.float32
         shape = (2, *left.shape)
         if self._host is None or tuple(self._host.shape) != shape or self._host.numpy().dtype != dtype:
-            torch_dtype = torch.uint8 if dtype == np.uint8 else torch.float32
-            self._host = torch.empty(shape, dtype=torch_dtype, pin_memory=self.cuda)
-            self._device = (torch.empty(shape, dtype=torch_dtype, device=self.device) if self.cuda else self._host)
+            self._host, self._device = self._allocate(shape, torch.uint8 if dtype == np.uint8 else torch.float32)
             self._copied = None
             self.allocations += 1
         if self._copied is not None:
@@ -51,10 +53,19 @@ class PairUploader:
         np.copyto(host[1], right, casting="unsafe")
         assert self._device is not None
         if self.cuda:
-            self._device.copy_(self._host, non_blocking=True)
-            self._copied = torch.cuda.Event()
-            self._copied.record()
+            with device_context(self.device):
+                self._device.copy_(self._host, non_blocking=True)
+                self._copied = torch.cuda.Event()
+                self._copied.record(torch.cuda.current_stream(self.device))
         return self._device
+
+    def _allocate(self, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(host buffer, device buffer) for one pair; the same tensor off CUDA."""
+        host = torch.empty(shape, dtype=dtype, pin_memory=self.cuda)
+        if not self.cuda:
+            return host, host
+        with device_context(self.device):
+            return host, torch.empty(shape, dtype=dtype, device=self.device)
 
 
 def resize_pair_on_device(pair: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -267,4 +267,5 @@ class OnnxEstimator(StereoEstimator):
         confidence = None
         if len(results) > 1:
             confidence = np.clip(np.asarray(results[1][crop], dtype=np.float32), 0.0, 1.0)
-        return StereoEstimate(disparity=disparity, confidence=confidence)
+        # the export's fixed count (None for an export without the metadata): what /diagnostics reports
+        return StereoEstimate(disparity=disparity, confidence=confidence, iterations=self.iters)
