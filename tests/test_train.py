@@ -264,6 +264,33 @@ def test_two_nodes_train_like_one_node_and_resume_after_one_is_killed(toy, tmp_p
           f"{worst:.2g})")
 
 
+def test_a_run_continues_on_another_number_of_ranks_with_the_same_global_batch(toy, tmp_path, train,
+                                                                             student_weights):
+    """A machine lost for good: a run of one process accumulating 2 micro-batches continues on 2 ranks (torchrun,
+    gloo) without accumulation. The global batch and so the pairs of every step are the same, and it ends where
+    the uninterrupted run ends (to float32 rounding). A launch with another global batch is refused, naming the
+    --accumulate that fits."""
+    args = ("--steps", "3", "--save-every", "1")
+    straight = tmp_path / "straight"
+    _run([*CLI, *_train_argv(toy, student_weights, straight, *args, "--accumulate", "2")])  # one thread, as torchrun
+    moved = tmp_path / "moved"
+    shutil.copytree(straight, moved)
+    for later in ("last.pth", "step_00000002.pth", "step_00000003.pth"):
+        (moved / "checkpoints" / later).unlink()  # as if stopped after step 1
+    refused = train(moved, *args, ok=False)
+    assert refused.status == 2 and "Traceback" not in refused.err
+    assert "global batch of 2 pairs; this launch makes 1" in refused.err and "--accumulate 2" in refused.err
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "stereo_distill.cli", *_train_argv(toy, student_weights, moved, *args)]
+    assert f"resuming {moved} at step 1 " in _run(torchrun).stderr
+    a, b = _load(straight / "checkpoints" / "last.pth"), _load(moved / "checkpoints" / "last.pth")
+    assert a["step"] == b["step"] == 3 and a["data_position"] == b["data_position"]
+    from stereo_depth_ros.models import load_model
+
+    names = {n for n, _ in load_model("rt_igev").named_parameters()}
+    assert max(float((a["model"][n] - b["model"][n]).abs().max()) for n in names) < 1e-5
+
+
 # --------------------------------------------------------------------------------------------- augmentation
 def _shifted_pair(d: int = 6, h: int = 80, w: int = 140):
     rng = np.random.default_rng(1)

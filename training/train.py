@@ -210,7 +210,7 @@ def train(args: argparse.Namespace, dist_info: Distributed) -> int:
     model = load_student(args, dist_info.device)
     model.train()  # upstream's training configuration (freeze_bn)
     state = build_state(model, args, dist_info.device)
-    start_step = resume(run_dir, state, args, announce=dist_info.is_main)
+    start_step = resume(run_dir, state, args, plan, announce=dist_info.is_main)
     if start_step == 0 and dist_info.is_main:
         print(f"training {len(train_items)} pairs, validating on {len(val_items)}; global batch {plan.global_batch}",
               file=sys.stderr)
