@@ -48,7 +48,8 @@ class TwoNodes:
 
     def __init__(self, logs: Path, argv_a: list[str], argv_b: list[str] | None = None) -> None:
         logs.mkdir(parents=True, exist_ok=True)
-        endpoint, run_id = f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:8]
+        port, run_id = free_port(), uuid.uuid4().hex[:8]
+        endpoint = f"127.0.0.1:{port}"
         self.logs = [logs / "node_a.log", logs / "node_b.log"]
         self.started = time.monotonic()
         self.procs = []
@@ -57,7 +58,9 @@ class TwoNodes:
                 self.procs.append(subprocess.Popen(torchrun_node(argv, endpoint, run_id), cwd=REPO,
                                                    env=env_one_thread(), stdout=handle, stderr=subprocess.STDOUT,
                                                    start_new_session=True))
-            time.sleep(0.5)  # node A usually hosts the rendezvous store; either order works
+            # Node B starts once node A's torchrun hosts the rendezvous store, so that killing B (the tests' crash)
+            # never takes the store with it: what a cluster has when the endpoint is a machine that stays up.
+            wait_for(lambda: _listening(port), timeout=120, poll=0.1)
 
     def wait(self, timeout: float = 300) -> list[int]:
         """Exit statuses of both launches (each waited for up to `timeout` s, then killed: a hang fails the test)."""
@@ -75,6 +78,11 @@ class TwoNodes:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def kill_node(proc: subprocess.Popen) -> None:
