@@ -13,6 +13,13 @@ The real run (--demo-bag): the Motorcycle pair streamed as a camera would (recti
 
     python bench/label.py --demo-bag --frames 6 --width 256 --iters 4
 
+Scaling (--scaling): the real `stereo-distill label` on --pairs Motorcycle pairs under torchrun with 1, then 2, ...
+processes (--processes) on this machine, --threads each; prints every rank's pairs/s through the teacher (label's
+own per-rank line: first batch to last, start-up apart), the processes together, the speed-up over one process,
+the wall time with start-up, and the load average before and after (the machine may be shared):
+
+    python bench/label.py --scaling --pairs 8 --processes 1 2
+
 The teacher is --teacher, else the fixture weights in ../shared/parity/selective_igev/weights.pth when present
 (seeded, untrained: the figures are speed and plumbing, not label quality), else a seeded random init.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -183,6 +191,61 @@ def demo_bag(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ scaling
+RANK_LINE = re.compile(r"label: rank (\d+) on (\S+): (\d+) pairs in ([\d.]+) s, ([\d.]+) pairs/s "
+                       r"\(start-up ([\d.]+) s\)")
+
+
+def scaling(args) -> int:
+    import os
+
+    import torch
+
+    from stereo_depth_ros.dataset_layout import write_image
+    from stereo_depth_ros.models import load_model
+    from stereo_devkit.motorcycle import motorcycle_pair
+
+    out = Path(args.out or tempfile.mkdtemp(prefix="label_scaling_"))
+    data = out / "data"
+    left, right = motorcycle_pair(args.height, args.width)
+    for i in range(args.pairs):  # the same pair under different names: the teacher's work does not depend on it
+        write_image(data / f"{i:06d}" / "left.png", left)
+        write_image(data / f"{i:06d}" / "right.png", right)
+    teacher = default_teacher(args.teacher)
+    if teacher is None:
+        teacher = str(out / "seeded_teacher.pth")
+        torch.save(load_model(args.model).state_dict(), teacher)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               PYTHONPATH=str(REPO))
+    print(f"label scaling: {args.pairs} pairs {args.width}x{args.height}, {args.model} ({teacher}), iters "
+          f"{args.iters}, max_disp {args.max_disp}, batch {args.batch_size}, {args.threads} thread(s) per process, "
+          f"CPU cores {os.cpu_count()}, torch {torch.__version__}")
+    base = None
+    for processes in args.processes:
+        load_before = os.getloadavg()[0]
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+                   "-m", "stereo_distill.cli", "label", str(data), "--teacher", teacher, "--out",
+                   str(out / f"labels_{processes}"), "--model", args.model, "--iters", str(args.iters),
+                   "--max-disp", str(args.max_disp), "--batch-size", str(args.batch_size), "--sheet-rows", "0",
+                   "--device", args.device or "cpu"]
+        started = time.perf_counter()
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if result.returncode != 0:
+            print(result.stderr[-3000:], file=sys.stderr)
+            return result.returncode
+        ranks = [RANK_LINE.search(line) for line in result.stderr.splitlines()]
+        ranks = [m for m in ranks if m]
+        together = sum(int(m.group(3)) for m in ranks) / max(float(m.group(4)) for m in ranks)
+        base = base or together
+        for m in ranks:
+            print(f"  {processes} process(es): rank {m.group(1)}: {int(m.group(3))} pairs, {float(m.group(5)):.3f} "
+                  f"pairs/s (start-up {float(m.group(6)):.1f} s)")
+        print(f"  {processes} process(es) together: {together:.3f} pairs/s, x{together / base:.2f} of one process; "
+              f"wall {wall:.1f} s with start-up; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default=None, help="teacher checkpoint (default: the fixture weights)")
@@ -202,10 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    parser.add_argument("--out", default=None, help="--demo-bag output folder (default: a new temporary folder)")
+    parser.add_argument("--out", default=None, help="--demo-bag/--scaling output folder (default: a new temporary one)")
+    parser.add_argument("--scaling", action="store_true", help="stereo-distill label under torchrun, 1..N processes")
+    parser.add_argument("--pairs", type=int, default=8, help="--scaling: pairs to label")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="--scaling: process counts")
+    parser.add_argument("--threads", type=int, default=1, help="--scaling: torch threads per process")
     args = parser.parse_args(argv)
     if len(args.precision) > 2:
         parser.error("--precision takes one or two values")
+    if args.scaling:
+        return scaling(args)
     if args.demo_bag:
         if args.width == parser.get_default("width"):
             args.width = 256

@@ -95,6 +95,13 @@ class NodeConfig:
     onnx_providers: list = _param(
         list(ONNX_PROVIDERS),
         "onnxruntime execution providers in order of preference; unavailable ones are skipped")
+    trt_fp16: bool = _param(
+        False, "TensorRT provider: let TensorRT run any layer in float16; off = a strongly typed engine in the "
+               "export's own precisions (for float16 use an fp16 export: it keeps its float32 islands)")
+    trt_engine_cache_dir: str = _param(
+        "", "TensorRT provider: folder of the cached engines (built on the first start with an export, reused "
+            "after restarts; one subfolder per export file); '' = ~/.cache/stereo_depth_ros/trt_engines")
+    trt_workspace_mb: int = _param(1024, "TensorRT provider: the engine builder's workspace in MiB")
     sgbm_block_size: int = _param(5, "opencv_sgbm matching block size (odd, 1..11)")
     diagnostics_period: float = _param(1.0, "Seconds between /diagnostics messages and throttled status logs")
     capture_dir: str = _param(
@@ -187,6 +194,10 @@ class NodeConfig:
         if not self.onnx_providers or any(not isinstance(p, str) or not p for p in self.onnx_providers):
             raise ConfigError("parameter onnx_providers: must be a non-empty list of provider names, got "
                               f"{self.onnx_providers!r}")
+        if not 1 <= self.trt_workspace_mb <= 1 << 20:
+            raise ConfigError(f"parameter trt_workspace_mb: must be in 1..{1 << 20} MiB, got {self.trt_workspace_mb}")
+        if self.trt_engine_cache_dir and Path(self.trt_engine_cache_dir).expanduser().is_file():
+            raise ConfigError(f"parameter trt_engine_cache_dir: {self.trt_engine_cache_dir!r} is a file, not a folder")
         if not (1 <= self.sgbm_block_size <= 11 and self.sgbm_block_size % 2 == 1):
             raise ConfigError(f"parameter sgbm_block_size: must be odd in 1..11, got {self.sgbm_block_size}")
         if not (math.isfinite(self.diagnostics_period) and self.diagnostics_period > 0):
@@ -252,7 +263,11 @@ def estimator_options(config: NodeConfig) -> dict[str, Any]:
             options["latency_budget_ms"] = config.latency_budget_ms
         return options
     if config.backend == "onnxruntime":
-        return {"model_path": config.model_path, "providers": list(config.onnx_providers)}
+        from stereo_depth_ros.inference.onnx_backend import TensorrtOptions
+
+        return {"model_path": config.model_path, "providers": list(config.onnx_providers),
+                "tensorrt": TensorrtOptions(fp16=config.trt_fp16, engine_cache_dir=config.trt_engine_cache_dir,
+                                            workspace_mb=config.trt_workspace_mb)}
     return {"max_disparity": config.max_disparity, "block_size": config.sgbm_block_size}
 
 

@@ -275,3 +275,70 @@ def test_onnx_backend_runs_without_torch(tmp_path):
             "print('ok without torch')")
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "ok without torch" in result.stdout, result.stdout + result.stderr
+
+
+def test_tensorrt_node_parameters_reach_the_session_and_cache_engines_per_export(tmp_path, monkeypatch):
+    """The trt_* node parameters -> estimator_options -> OnnxEstimator -> the providers and provider options the
+    onnxruntime session is created with.
+
+    MOCKED, because TensorRT cannot run here (no GPU; onnxruntime-gpu's TensorRT library does not load): the
+    machine check (`unusable_providers`) is told TensorRT and CUDA can run, and `onnxruntime.InferenceSession` is
+    wrapped so that it records its `providers` argument and then opens a real CPU session on the file. What is
+    checked is what onnxruntime would receive; whether TensorRT honours it needs a GPU (bench/tensorrt.py)."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    from file_modes import current_umask
+
+    from stereo_depth_ros.config import NodeConfig, estimator_options
+    from stereo_depth_ros.inference import onnx_backend
+
+    model = tiny_stereo_onnx(tmp_path / "student.onnx", padded_inside=True)
+    sessions: list = []
+    real_session = ort.InferenceSession
+
+    def recording_session(path, sess_options=None, providers=None):
+        sessions.append(providers)
+        return real_session(path, sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", recording_session)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(onnx_backend.DEFAULT_PROVIDERS))
+    monkeypatch.setattr(onnx_backend, "unusable_providers", lambda candidates, _ort: {})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+    def open_node_backend(**params):
+        config = NodeConfig.from_dict({"backend": "onnxruntime", "model_path": str(model), **params}).validate()
+        from stereo_depth_ros.inference import create_estimator
+
+        return create_estimator("onnxruntime", **estimator_options(config))
+
+    # Defaults: fp32 engine (strongly typed), 1 GiB workspace, engines cached under ~/.cache (XDG here).
+    open_node_backend()
+    providers = sessions[-1]
+    assert [name for name, _ in providers] == list(onnx_backend.DEFAULT_PROVIDERS)
+    trt = providers[0][1]
+    assert providers[1][1] == {} and providers[2][1] == {}
+    root = tmp_path / "xdg" / "stereo_depth_ros" / "trt_engines"
+    assert trt["trt_fp16_enable"] == "0" and trt["trt_max_workspace_size"] == str(1024 * 2**20)
+    assert trt["trt_engine_cache_enable"] == "1" and trt["trt_timing_cache_enable"] == "1"
+    assert trt["trt_timing_cache_path"] == str(root)
+    engines = Path(trt["trt_engine_cache_path"])
+    assert engines.parent == root and len(engines.name) == 16
+    assert all(isinstance(v, str) for v in trt.values())
+    for folder in (engines, root, root.parent):  # made here, 0755 (less the umask) like any folder a user makes
+        assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o755 & ~current_umask()
+
+    # The parameters, and a '~' path; a file exported again to the same path gets a new engine folder.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    open_node_backend(trt_fp16=True, trt_workspace_mb=256, trt_engine_cache_dir="~/engines")
+    trt = sessions[-1][0][1]
+    assert trt["trt_fp16_enable"] == "1" and trt["trt_max_workspace_size"] == str(256 * 2**20)
+    assert Path(trt["trt_engine_cache_path"]).parent == tmp_path / "home" / "engines"
+    assert Path(trt["trt_engine_cache_path"]).name == engines.name  # same file, same engines
+    tiny_stereo_onnx(model, padded_inside=True, meta={"stereo_depth_ros.iters": "4"})  # re-exported
+    open_node_backend(trt_engine_cache_dir="~/engines")
+    assert Path(sessions[-1][0][1]["trt_engine_cache_path"]).name != engines.name
+
+    # Without TensorRT among the providers, nothing is created and no TensorRT option is passed.
+    open_node_backend(onnx_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+                      trt_engine_cache_dir=str(tmp_path / "unused"))
+    assert sessions[-1] == [("CUDAExecutionProvider", {}), ("CPUExecutionProvider", {})]
+    assert not (tmp_path / "unused").exists()

@@ -77,6 +77,8 @@ def test_missing_params_file(tmp_path):
     ({"queue_size": 0}, "parameter queue_size"),
     ({"confidence_threshold": 1.5}, "parameter confidence_threshold"),
     ({"onnx_providers": []}, "parameter onnx_providers"),
+    ({"trt_workspace_mb": 0}, "parameter trt_workspace_mb: must be in 1.."),
+    ({"trt_engine_cache_dir": __file__}, "parameter trt_engine_cache_dir: .* is a file"),
     ({"sgbm_block_size": 4}, "parameter sgbm_block_size"),
     ({"backend": "onnxruntime", "model_path": "weights/x.pth"}, "needs a .onnx file"),
     ({"model_path": ""}, "parameter model_path: required"),

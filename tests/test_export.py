@@ -59,6 +59,12 @@ def test_fp32_export_matches_pytorch_and_carries_the_node_metadata(fixed_fp32):
     assert [o.name for o in graph.graph.output] == ["disparity", "confidence"]
     dims = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 72, 136]
+    # TensorRT-ready: the check ran on the written graph, found nothing trtexec would stop at, and says how to build.
+    trt = report["tensorrt"]
+    assert trt["ok"] and not trt["blockers"] and trt["operators"]["GridSample"] > 0
+    assert not {"If", "Loop", "Scan"} & set(trt["operators"])
+    assert trt["trtexec"] == "trtexec --onnx=student_fp32.onnx --saveEngine=student_fp32.engine"
+    assert "tensorrt check (TensorRT 10.1 operator list): no blocker" in stderr
 
 
 def _motorcycle(height: int, width: int):
@@ -93,6 +99,8 @@ def test_dynamic_export_at_width_160_runs_at_every_width_from_32_like_pytorch(tm
     _, report = export(out, "--dynamic", "--height", "48", "--width", "160", "--tolerance", "1e-4")
     sizes = {(c["height"], c["width"]) for c in report["verification"]}
     assert sizes == {(48, 160), (61, 179)} and report["max_abs_px"] <= 1e-4, report
+    assert report["tensorrt"]["ok"] and "optimisation profile" in report["tensorrt"]["notes"][0]
+    assert "--minShapes=left:1x3x32x32,right:1x3x32x32 --optShapes=left:1x3x48x160" in report["tensorrt"]["trtexec"]
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert (meta["stereo_depth_ros.min_height"], meta["stereo_depth_ros.min_width"]) == ("32", "32")
 
@@ -111,14 +119,50 @@ def test_dynamic_export_at_width_160_runs_at_every_width_from_32_like_pytorch(tm
     assert info.value.min_size == (32, 32) and info.value.fixed_size is None
 
 
-def test_fp16_export_runs_in_onnxruntime_close_to_fp32(tmp_path, export):
+def test_fp16_export_runs_in_onnxruntime_close_to_fp32_with_float32_islands(tmp_path, export):
     out = tmp_path / "student_fp16.onnx"
-    _, report = export(out, "--height", "64", "--width", "96", "--precision", "fp16")
+    stderr, report = export(out, "--height", "64", "--width", "96", "--precision", "fp16")
     graph = onnx.load(str(out))
     assert {p.key: p.value for p in graph.metadata_props}["stereo_depth_ros.precision"] == "fp16"
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.graph.initializer)
     assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 interface
     assert report["max_abs_px"] <= report["tolerance_px"] == 0.5
+    # The float32 islands: the correlation volume's means (ReduceMean), the geometry lookup (GridSample) and the
+    # softmaxes run on float32 tensors, while the convolutions run in float16.
+    types = _tensor_types(graph)
+    for op in ("ReduceMean", "GridSample", "Softmax"):
+        found = {types.get(n.input[0]) for n in graph.graph.node if n.op_type == op}
+        assert found == {onnx.TensorProto.FLOAT}, (op, found)
+    assert onnx.TensorProto.FLOAT16 in {types.get(n.input[0]) for n in graph.graph.node if n.op_type == "Conv"}
+    assert set(report["fp16_headroom"]) == {"correlation_term_bound", "cost_volume", "volume_logits"}
+    assert "fp16 headroom" in stderr and report["tensorrt"]["ok"]
+    assert report["tensorrt"]["trtexec"].endswith("--stronglyTyped")  # trtexec keeps the islands
+
+
+def _tensor_types(graph) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(graph).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input]}
+    types.update({i.name: i.data_type for i in inferred.initializer})
+    return types
+
+
+def test_a_graph_tensorrt_cannot_build_is_not_written_unless_forced(tmp_path, monkeypatch, cli, student_weights):
+    """With GridSample taken off the supported list the check must block; --tensorrt-check warn writes anyway."""
+    from stereo_distill import tensorrt_check
+
+    monkeypatch.delitem(tensorrt_check.SUPPORTED, "GridSample")
+    out = tmp_path / "student.onnx"
+    argv = ["export", "--model", student_weights, "--out", out, "--iters", "1", "--height", "32", "--width", "64",
+            "--no-verify"]
+    result = cli(*argv)
+    assert result.status == 2 and not out.exists() and "Traceback" not in result.err
+    errors = [line for line in result.err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "TensorRT 10.1 could not build student.onnx: GridSample is not supported" in errors[0]
+    assert "--tensorrt-check warn" in errors[0]
+    result = cli(*argv, "--tensorrt-check", "warn")
+    assert result.status == 0 and out.is_file()
+    assert json.loads(result.out[result.out.index("{"):])["tensorrt"]["ok"] is False
+    assert "blocker: GridSample is not supported" in result.err
 
 
 @pytest.mark.parametrize("argv, message", [

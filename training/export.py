@@ -6,8 +6,13 @@ padding to a multiple of 32 (edge replication, as the PyTorch model's `predict`)
 Input size: fixed at export (--height/--width, default 480x640) or dynamic (--dynamic: any size from 32x32; the
 cost volume is traced in a form that records no width, see models/cost_volume.py). The metadata records the
 limits (min_height, min_width, size_divisor) that the node's onnxruntime backend checks before running.
-Precision fp16 stores weights and runs the network in float16 behind float32 inputs/outputs.
-The file is written only after onnxruntime has run it and matched PyTorch within --tolerance.
+Precision fp16 stores weights and runs the network in float16 behind float32 inputs/outputs; the correlation
+volume's accumulation, the geometry lookup, softmaxes, regression and upsampling stay float32 (models/base.py), and
+the report gives the largest float32 values where float16 would overflow (`fp16_headroom`).
+The file is written only after onnxruntime has run it and matched PyTorch within --tolerance, and after the graph
+passed the TensorRT check (tensorrt_check.py: operators, GridSample rank, control flow, shapes, opset; the trtexec
+command line is printed): --tensorrt-check fail (default) writes nothing when something would stop trtexec, warn
+reports it and writes the file anyway (onnxruntime's CPU/CUDA providers still run it), off skips the check.
 """
 from __future__ import annotations
 
@@ -48,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confidence", action=argparse.BooleanOptionalAction, default=True,
                         help="also output the model's confidence map (default on)")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime verification (not advised)")
+    parser.add_argument("--tensorrt-check", choices=("fail", "warn", "off"), default="fail",
+                        help="what a graph TensorRT could not build does: fail (default, nothing written), warn "
+                             "(written anyway: onnxruntime still runs it), off (not checked)")
 
 
 # ---------------------------------------------------------------------------------------------------- graph
@@ -113,49 +121,6 @@ def export_onnx(model, path: Path, iters: int, height: int, width: int, dynamic:
     raise CliError("ONNX export failed: " + " | ".join(errors))
 
 
-def fix_float16_ranges(path: Path) -> int:
-    """ONNX Range has no float16 kernel type: run float16 Ranges in float32 between two Casts. Returns the count.
-
-    The network builds its plane/column/tap index vectors with arange in the compute dtype, which the exporter
-    writes as a float16 Range when the weights are float16.
-    """
-    import onnx
-    from onnx import TensorProto, helper, shape_inference
-
-    graph_model = onnx.load(str(path))
-    inferred = shape_inference.infer_shapes(graph_model)
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
-    for init in inferred.graph.initializer:
-        types[init.name] = init.data_type
-    for node in inferred.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    types[node.output[0]] = attr.t.data_type
-    nodes, fixed = [], 0
-    for node in graph_model.graph.node:
-        if node.op_type == "Range" and any(types.get(i) == TensorProto.FLOAT16 for i in node.input):
-            cast_inputs = []
-            for i, name in enumerate(node.input):
-                cast_name = f"{node.name}_in{i}_f32"
-                nodes.append(helper.make_node("Cast", [name], [cast_name], to=TensorProto.FLOAT,
-                                              name=f"{node.name}_cast_in{i}"))
-                cast_inputs.append(cast_name)
-            out32 = f"{node.output[0]}_f32"
-            nodes.append(helper.make_node("Range", cast_inputs, [out32], name=node.name))
-            nodes.append(helper.make_node("Cast", [out32], [node.output[0]], to=TensorProto.FLOAT16,
-                                          name=f"{node.name}_cast_out"))
-            fixed += 1
-        else:
-            nodes.append(node)
-    if fixed:
-        del graph_model.graph.node[:]
-        graph_model.graph.node.extend(nodes)
-        onnx.save(graph_model, str(path))
-    return fixed
-
-
 def add_metadata(path: Path, props: dict[str, str]) -> None:
     import onnx
 
@@ -212,6 +177,22 @@ def verify(path: Path, reference_model, iters: int, sizes: list[tuple[int, int]]
     return results
 
 
+def tensorrt_gate(staging: Path, out: Path, mode: str, opt_size: tuple[int, int], report: dict) -> None:
+    """The TensorRT check of the staged graph: printed, added to the report, and fatal in mode "fail"."""
+    if mode == "off":
+        return
+    from .tensorrt_check import check_onnx
+
+    result = check_onnx(staging, opt_size)
+    for line in result.lines():
+        print(line, file=sys.stderr)
+    report["tensorrt"] = result.as_dict()
+    if not result.ok and mode == "fail":
+        raise CliError(f"TensorRT {result.tensorrt} could not build {out.name}: {'; '.join(result.blockers)}; "
+                       "nothing written (--tensorrt-check warn writes it anyway: onnxruntime's CPU and CUDA "
+                       "providers run it)")
+
+
 # ------------------------------------------------------------------------------------------------------ run
 def run(args) -> int:
     from stereo_depth_ros.atomic_io import atomic_path
@@ -250,6 +231,8 @@ def run(args) -> int:
         exporter = export_onnx(model, staging, iters, height, width, args.dynamic, half, args.opset,
                                args.confidence)
         if half:
+            from .export_fp16 import fix_float16_ranges
+
             fix_float16_ranges(staging)
         export_s = time.perf_counter() - start
         import dataclasses
@@ -271,6 +254,7 @@ def run(args) -> int:
         report = {"out": str(out), "exporter": exporter, "opset": args.opset, "iters": iters,
                   "precision": args.precision, "dynamic": args.dynamic, "export_s": round(export_s, 2),
                   "file_mb": round(staging.stat().st_size / 2**20, 2)}
+        tensorrt_gate(staging, out, args.tensorrt_check, (height, width), report)
         if not args.no_verify:
             # A dynamic graph is also checked at a size that is not a multiple of 32 (the in-graph padding path).
             sizes = [(height, width)] if not args.dynamic else [(height, width), (height + 13, width + 19)]
@@ -284,13 +268,19 @@ def run(args) -> int:
             worst = max(c["max_abs_px"] for c in checks)
             report.update(verification=checks, max_abs_px=worst, tolerance_px=tolerance)
             for c in checks:
-                print(f"verify {c['input']:<10} {c['height']}x{c['width']}: max |onnx - torch| = "
+                print(f"verify {c['input']:<10} {c['height']}x{c['width']}: max |onnx {args.precision} - torch fp32| = "
                       f"{c['max_abs_px']:.3g} px (mean {c['mean_abs_px']:.3g}); torch {c['torch_s']:.3f} s, "
                       f"onnxruntime {c['ort_s']:.3f} s", file=sys.stderr)
             if not worst <= tolerance:
                 print(json.dumps(report, indent=2))
                 raise CliError(f"verification failed: max abs difference {worst:.3g} px > tolerance {tolerance} px; "
                                f"{out} not written")
+        if half:
+            from .export_fp16 import float16_headroom
+
+            report["fp16_headroom"] = float16_headroom(reference, height, width)
+            print("fp16 headroom (largest float32 magnitudes; float16 ends at 65504): " + ", ".join(
+                f"{k} {v:.3g}" for k, v in report["fp16_headroom"].items()), file=sys.stderr)
         with atomic_path(out) as final:
             final.write_bytes(staging.read_bytes())
     print(json.dumps(report, indent=2))

@@ -9,13 +9,17 @@ Beside the manifest: report.json (per-sample valid share and left-right disagree
 
 Every file is written atomically and a sample is complete once its label.json exists, so re-running the same
 command resumes. LABELS refuses a different teacher (kind, file, settings) or thresholds. Under torchrun
-(WORLD_SIZE > 1) the samples are split across ranks and rank 0 writes the merged manifest and the report.
+(WORLD_SIZE > 1, one machine or several) the ranks take batches on demand (label_shards.claim) and rank 0 writes
+the merged manifest and the report; the labels are byte-identical to one process's. Several machines need DATA
+and LABELS at the same path on each (LABELS on a shared filesystem): checked before any work starts.
+Each rank's throughput is printed at the end (pairs/s through the teacher, start-up apart).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -235,32 +239,42 @@ def run(args: argparse.Namespace) -> int:
 
 def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info, device: str, tqdm):
     from .datasets import DatasetError
+    from .distributed import agree, check_shared_folder, digest
     from .label_report import SHEET, write_report
-    from .label_shards import plan_batches
+    from .label_shards import claim, plan_batches
     from .label_teacher import check_compatible, open_teacher
 
     started = time.monotonic()
+    # Before anything is read or written: every rank must see one LABELS folder and the same DATA.
+    check_shared_folder(dist_info, out, "--out")
+    names = dataset.names()
+    agree(dist_info, digest(names), f"DATA {args.data} (its samples)")
     teacher = open_teacher(args.teacher, args.model, args.iters, args.max_disp, args.precision, device)
     if thresholds.max_disp is None:
         thresholds = dataclasses.replace(thresholds, max_disp=teacher.max_disp)
     # Normalised through JSON (tuples become lists) so that it compares equal to what a manifest holds.
     settings = json.loads(json.dumps({"teacher": teacher.description, "thresholds": dataclasses.asdict(thresholds)}))
+    agree(dist_info, settings, f"the teacher {args.teacher} (its sha256) or a setting")
     check_compatible(out / MANIFEST, settings)  # every rank checks, so every rank stops on a mismatch
-    names = dataset.names()
     extra = {"data": str(Path(args.data).resolve())}
     if dist_info.rank == 0:
         remove_partials(out)
     if dist_info.rank == 0 and not (out / MANIFEST).is_file():
         # Written before the first label so that an interrupted run is still locked to these settings.
         write_manifest(out, settings, names, extra)
-    dist_info.barrier()
-
-    batches = plan_batches(list(dataset), args.batch_size)[dist_info.rank:: dist_info.world_size]
-    todo = [batch for batch in batches if not all(sample_complete(out / s.name) for s in batch)]
-    progress = tqdm(total=sum(len(b) for b in todo), desc=f"label[{dist_info.rank}]" if dist_info.active else "label",
+    batches = plan_batches(list(dataset), args.batch_size)
+    # Rank 0 decides what is left (the others would look while it already writes) and every rank gets its list.
+    todo = None
+    if dist_info.is_main:
+        todo = [i for i, batch in enumerate(batches) if not all(sample_complete(out / s.name) for s in batch)]
+    todo = dist_info.broadcast(todo)
+    progress = tqdm(total=sum(len(batches[i]) for i in todo) if not dist_info.active else None,
+                    desc=f"label[{dist_info.rank}]" if dist_info.active else "label",
                     unit="pair", disable=None, file=sys.stderr, position=dist_info.rank)
     labelled = 0
-    for batch in todo:
+    work_started = time.monotonic()
+    for index in claim(todo, dist_info):
+        batch = batches[index]
         lefts, rights, members = [], [], []
         for sample in batch:
             remove_partials(out / sample.name)
@@ -288,14 +302,17 @@ def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info, devi
                 labelled += 1
             progress.update(1)
     progress.close()
+    # Every rank's throughput (pairs through the teacher, from its first batch to its last; start-up apart).
+    throughput = dist_info.gather((socket.gethostname(), labelled, time.monotonic() - work_started,
+                                   work_started - started))
 
-    dist_info.barrier()
     if dist_info.rank == 0:
         manifest = write_manifest(out, settings, names, extra)
         summary = manifest["summary"]
         print(f"label: {labelled} labelled now, {summary['labelled']}/{summary['samples']} complete, "
               f"{summary['failed']} failed, mean valid share {summary['mean_valid_share']}, "
               f"{time.monotonic() - started:.1f} s -> {out}", file=sys.stderr)
+        _print_throughput(throughput)
         for name, message in manifest["failures"].items():
             print(f"label: failed {name}: {message}", file=sys.stderr)
         report = write_report(out, manifest, dataset, args.sheet_rows)
@@ -306,6 +323,19 @@ def _label_all(args, dataset, out: Path, thresholds: Thresholds, dist_info, devi
     # Rank 0 reports every rank's failures; a non-zero exit here could make torchrun stop rank 0 before it has
     # written the manifest.
     return 0
+
+
+def _print_throughput(per_rank: list[tuple[str, int, float, float]]) -> None:
+    """One line per rank (pairs/s through the teacher; bench/label.py reads these) and, for several, the sum."""
+    for rank, (host, pairs, seconds, startup) in enumerate(per_rank):
+        print(f"label: rank {rank} on {host}: {pairs} pairs in {seconds:.2f} s, "
+              f"{pairs / seconds if pairs and seconds > 0 else 0.0:.4f} pairs/s (start-up {startup:.1f} s)",
+              file=sys.stderr)
+    if len(per_rank) > 1:
+        total = sum(p for _, p, _, _ in per_rank)
+        slowest = max(s for _, _, s, _ in per_rank)
+        print(f"label: {len(per_rank)} ranks together: {total} pairs in {slowest:.2f} s, "
+              f"{total / slowest if total and slowest > 0 else 0.0:.4f} pairs/s", file=sys.stderr)
 
 
 def _record_failure(out: Path, name: str, error: str) -> None:

@@ -1,10 +1,17 @@
-"""How `stereo-distill label` splits its work: same-size batches, and whole batches per torchrun rank (the ranks
+"""How `stereo-distill label` splits its work: same-size batches, and which rank labels which batch (the ranks
 themselves come from `distributed`, the setup `train` shares).
 
 The batch plan depends only on DATA and --batch-size, so a resumed run, or a run with another world size,
 computes every pair in the same batch as one uninterrupted process (identical numerics, byte-identical labels).
+Which rank computes a batch does not change its labels, so the batches are handed out on demand: each rank takes
+the next one nobody has taken yet (`claim`), and a faster GPU or node simply takes more. All ranks finish within
+about one batch of each other, also after a resume that left one node's earlier share nearly done.
 """
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
 
 
 def plan_batches(samples, batch_size: int) -> list[list]:
@@ -29,4 +36,27 @@ def plan_batches(samples, batch_size: int) -> list[list]:
     return sorted(batches, key=lambda batch: batch[0].name)
 
 
-__all__ = ["plan_batches"]
+def claim(todo: list[int], dist_info: Any) -> Iterator[int]:
+    """The entries of `todo` (batch numbers) this rank labels, one at a time.
+
+    One process takes them all in order. Under torchrun every rank must pass the same `todo` (rank 0 decides it and
+    broadcasts it); a shared counter in the process group's key-value store (the one torchrun's rendezvous set up)
+    hands out each entry to exactly one rank. The counter's key is new for every run, so a restarted run (or
+    torchrun restarting its workers) starts counting from zero.
+    """
+    if not dist_info.active:
+        yield from todo
+        return
+    import torch.distributed as dist
+
+    key = "stereo_distill/label/next/" + dist_info.broadcast(os.urandom(8).hex() if dist_info.is_main else None)
+    # The default group's store: the public API has no accessor for it, and a second store would need a port.
+    store = dist.distributed_c10d._get_default_store()
+    while True:
+        index = int(store.add(key, 1)) - 1
+        if index >= len(todo):
+            return
+        yield todo[index]
+
+
+__all__ = ["claim", "plan_batches"]

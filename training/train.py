@@ -3,6 +3,8 @@
 Re-running the same command continues from RUN/checkpoints/last.pth with the same optimizer, schedule, RNG and
 data position, so an interrupted run ends with the weights an uninterrupted one would have had (CPU float32).
 Under torchrun every rank takes its share of the same global batch (gloo on CPU, NCCL on GPU); rank 0 writes.
+Several machines (torchrun --nnodes N) give the same parameters as one machine with the same global batch; RUN must
+be on a filesystem they share (checked at start), and after a node dies re-running on every node resumes.
 The pieces: train_data (pairs, split, data plan), train_state (checkpoints, resume), validation, distributed.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ from stereo_depth_ros.atomic_io import atomic_write_json
 
 from .augment import AugmentConfig
 from .cli import CliError, WorkError
-from .distributed import Distributed, distributed
+from .distributed import Distributed, agree, check_shared_folder, digest, distributed
 from .losses import LossConfig, distillation_loss
 from .train_data import LOAD_ERROR, DataPlan, StepBatches, StepRange, check_crop, collect_items, split_items
 from .train_state import TrainState, build_state, resume, run_signature, save_training_checkpoint
@@ -192,7 +194,10 @@ def run(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace, dist_info: Distributed) -> int:
     run_dir = Path(args.out)
     crop = (int(args.crop[0]), int(args.crop[1]))
+    # Several nodes: one RUN folder for all (rank 0 writes, every rank resumes from it) and the same pairs on each.
+    check_shared_folder(dist_info, run_dir, "--out")
     items = collect_items(args.data, args.labels)
+    agree(dist_info, digest(item.sample.name for item in items), f"the labelled pairs of {args.data} and {args.labels}")
     train_items, val_items = split_items(items, args.val_fraction, args.seed)
     check_crop(train_items, crop)
     plan = DataPlan(len(train_items), args.batch_size, dist_info.world_size, args.accumulate, args.seed)
@@ -205,7 +210,7 @@ def train(args: argparse.Namespace, dist_info: Distributed) -> int:
     model = load_student(args, dist_info.device)
     model.train()  # upstream's training configuration (freeze_bn)
     state = build_state(model, args, dist_info.device)
-    start_step = resume(run_dir, state, args, announce=dist_info.is_main)
+    start_step = resume(run_dir, state, args, plan, announce=dist_info.is_main)
     if start_step == 0 and dist_info.is_main:
         print(f"training {len(train_items)} pairs, validating on {len(val_items)}; global batch {plan.global_batch}",
               file=sys.stderr)

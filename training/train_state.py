@@ -4,7 +4,9 @@ A checkpoint holds the model (in load_model's format), optimizer, scheduler, gra
 data position and the arguments that define the run. Resuming refuses other settings, and falls back to the
 newest intact step checkpoint when a crash or a full disk left last.pth unreadable: the unreadable file is set
 aside (renamed NAME.corrupt-<UTC time>, kept for a post-mortem), last.pth is rewritten from the checkpoint resumed
-from (eval, export and the loop read last.pth), and one line says so.
+from (eval, export and the loop read last.pth), and one line says so. The number of ranks is not part of the run,
+the global batch is (batch size x ranks x accumulate): a run may continue on fewer or more machines with
+--accumulate keeping the global batch (the same pairs per step, see train_data.DataPlan).
 """
 from __future__ import annotations
 
@@ -25,9 +27,10 @@ from .train_data import DataPlan
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pth"
-# Arguments that define the run: resuming with a different value would silently train something else.
+# Arguments that define the run: resuming with a different value would silently train something else. Not
+# --accumulate: it trades against the number of ranks, and the global batch they make is checked on resume.
 RUN_DEFINING_ARGS = (
-    "data", "labels", "student", "steps", "batch_size", "accumulate", "crop", "precision", "seed", "lr",
+    "data", "labels", "student", "steps", "batch_size", "crop", "precision", "seed", "lr",
     "weight_decay", "train_iters", "max_range", "gt_weight", "val_fraction", "augment", "scale_range",
 )
 
@@ -181,9 +184,10 @@ def _restore(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
-def resume(run: Path, state: TrainState, args: Any, announce: bool = True) -> int:
+def resume(run: Path, state: TrainState, args: Any, plan: DataPlan, announce: bool = True) -> int:
     """Restore `state` from the run's latest checkpoint; returns the step to continue from (0 for a new run).
-    `announce`: print what was resumed (rank 0 only under torchrun)."""
+    plan: this launch's data plan (its global batch must be the run's). `announce`: print what was resumed (rank 0
+    only under torchrun)."""
     latest = load_latest_checkpoint(run, announce)
     if latest is None:
         return 0
@@ -192,6 +196,15 @@ def resume(run: Path, state: TrainState, args: Any, announce: bool = True) -> in
     if theirs != ours:
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
         raise CliError(f"{run} holds a run with other settings ({', '.join(differ)}); use a new --out")
+    saved_batch = int((ckpt.get("data_position") or {}).get("global_batch", plan.global_batch))
+    if saved_batch != plan.global_batch:
+        per_micro = plan.batch_size * plan.world
+        fits = (f"on {plan.world} rank(s) resume with --accumulate {saved_batch // per_micro}"
+                if saved_batch % per_micro == 0
+                else f"use a number of ranks that divides {saved_batch // plan.batch_size}")
+        raise CliError(f"{run} was trained with a global batch of {saved_batch} pairs; this launch makes "
+                       f"{plan.global_batch} (batch size {plan.batch_size} x {plan.world} rank(s) x accumulate "
+                       f"{plan.accumulate}): {fits}, or use a new --out")
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])

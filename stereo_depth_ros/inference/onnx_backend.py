@@ -12,6 +12,10 @@ there, and a session asked for them then prints an "EP Error" block and falls ba
 load are requested: CUDA/TensorRT need a GPU the CUDA driver reports and their provider library loadable (which
 fails without CUDA, cuDNN or TensorRT). The provider in use is logged once, when the session opens.
 
+TensorRT (`TensorrtOptions`, the node's trt_* parameters): engines are cached on disk, so only the first start
+with an export builds one (minutes on a Jetson); each export gets its own subfolder of the cache, named after the
+file's sha256, so a file re-exported to the same path never runs a stale engine.
+
 Image sizes: an export states what it takes (fixed size, smallest size); images outside that raise
 `OnnxInputSizeError` before onnxruntime runs, naming the limits, so that each caller can add its own advice.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import logging
 import os
 import re
@@ -191,12 +196,55 @@ def unusable_providers(candidates: list[str] | tuple[str, ...], ort: Any) -> dic
     return reasons
 
 
-def _provider_options(provider: str) -> dict:
-    if provider == "TensorrtExecutionProvider":
-        # Building a TensorRT engine takes minutes; cache it across node restarts.
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stereo_depth_ros" / "tensorrt"
-        return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}
-    return {}
+def default_engine_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/stereo_depth_ros/trt_engines, else ~/.cache/stereo_depth_ros/trt_engines."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stereo_depth_ros" / "trt_engines"
+
+
+@dataclass(frozen=True)
+class TensorrtOptions:
+    """What the TensorRT provider is told (node parameters trt_fp16, trt_engine_cache_dir, trt_workspace_mb).
+
+    fp16: TensorRT may run any layer in float16 (trt_fp16_enable). Off, onnxruntime builds a strongly typed
+    network: an fp32 export runs in float32 and an fp16 export (`stereo-distill export --precision fp16`) in its
+    own precisions, float32 islands included; that is the float16 route this project recommends.
+    engine_cache_dir: root of the engine cache ('' = default_engine_cache_dir(); '~' is expanded). Engines go to
+    <root>/<sha256 of the export, 16 hex digits>/, the timing cache (which speeds up later builds) to <root>.
+    workspace_mb: the builder's workspace (trt_max_workspace_size), MiB.
+    """
+
+    fp16: bool = False
+    engine_cache_dir: str = ""
+    workspace_mb: int = 1024
+
+    def cache_root(self) -> Path:
+        return Path(self.engine_cache_dir).expanduser() if self.engine_cache_dir else default_engine_cache_dir()
+
+    def engine_dir(self, model_path: str | os.PathLike) -> Path:
+        digest = hashlib.sha256()
+        with open(model_path, "rb") as handle:  # (hashlib.file_digest is Python 3.11+; JetPack 6 has 3.10)
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return self.cache_root() / digest.hexdigest()[:16]
+
+    def provider_options(self, model_path: str | os.PathLike) -> dict[str, str]:
+        """onnxruntime's TensorrtExecutionProvider options (strings; booleans as "0"/"1", which every version
+        parses)."""
+        return {
+            "trt_fp16_enable": "1" if self.fp16 else "0",
+            "trt_max_workspace_size": str(self.workspace_mb * 2**20),
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": str(self.engine_dir(model_path)),
+            "trt_timing_cache_enable": "1",
+            "trt_timing_cache_path": str(self.cache_root()),
+        }
+
+
+def make_folders(path: Path) -> None:
+    """Create `path` and missing parents as 0755 (less the umask), like any folder a user makes."""
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o755, exist_ok=True)
 
 
 class OnnxEstimator(StereoEstimator):
@@ -206,7 +254,7 @@ class OnnxEstimator(StereoEstimator):
     iters_fixed = True  # the export fixes the iteration count; another value is refused (base class)
 
     def __init__(self, model_path: str, providers: list[str] | tuple[str, ...] | None = None,
-                 intra_op_threads: int = 0) -> None:
+                 intra_op_threads: int = 0, tensorrt: TensorrtOptions | None = None) -> None:
         import onnxruntime as ort
 
         if not model_path or not Path(model_path).is_file():
@@ -215,16 +263,24 @@ class OnnxEstimator(StereoEstimator):
         available = ort.get_available_providers()
         skipped = unusable_providers([p for p in (providers or DEFAULT_PROVIDERS) if p in available], ort)
         chosen = select_providers(providers, available, skipped)
+        provider_options: list[dict[str, str]] = [{} for _ in chosen]
         if "TensorrtExecutionProvider" in chosen:
-            Path(_provider_options("TensorrtExecutionProvider")["trt_engine_cache_path"]).mkdir(
-                parents=True, exist_ok=True)
+            trt_options = (tensorrt or TensorrtOptions()).provider_options(self.model_path)
+            try:
+                make_folders(Path(trt_options["trt_engine_cache_path"]))
+            except OSError as exc:
+                raise ValueError(f"TensorRT engine cache {trt_options['trt_engine_cache_path']}: {exc.strerror}; "
+                                 "set trt_engine_cache_dir to a writable folder") from None
+            provider_options[chosen.index("TensorrtExecutionProvider")] = trt_options
+            log.info("TensorRT engines of %s are cached in %s (the first start builds one: minutes on a Jetson)",
+                     Path(self.model_path).name, trt_options["trt_engine_cache_path"])
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: graph-optimisation chatter is not the user's concern
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         try:
             self.session = ort.InferenceSession(
-                self.model_path, sess_options=options, providers=[(p, _provider_options(p)) for p in chosen])
+                self.model_path, sess_options=options, providers=list(zip(chosen, provider_options, strict=True)))
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt or foreign files
             raise ValueError(f"cannot load ONNX model {model_path!r}: {exc}") from None
         self.providers = self.session.get_providers()

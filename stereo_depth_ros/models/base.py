@@ -8,7 +8,10 @@ and sets `all_pairs_correlation` when its geometry lookup also samples the all-p
 
 Precision lives here only (`_autocast`): under fp16/bf16 autocast on CUDA the geometry lookup, the softmaxes,
 the disparity regression and the upsampling run in the weights' dtype (float32), as upstream does to avoid
-fp16 NaNs. The weights' dtype is the compute dtype, so `model.double()` runs float64 end to end.
+fp16 NaNs. The weights' dtype is the compute dtype, so `model.double()` runs float64 end to end. With float16 or
+bfloat16 weights (`model.half()`: the fp16 ONNX export) the same stretches run in float32 (`work` dtype below), and
+so does the correlation volume's accumulation; with float32/float64 weights `work` is the weights' dtype and
+nothing changes.
 """
 from __future__ import annotations
 
@@ -147,6 +150,7 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
         dtype = self.compute_dtype
+        work = torch.promote_types(dtype, torch.float32)  # float32 islands of reduced-precision weights
         num_planes = self.config.max_disp // 4
         image1 = (2 * (left.to(dtype) / 255.0) - 1.0).contiguous()
         image2 = (2 * (right.to(dtype) / 255.0) - 1.0).contiguous()
@@ -162,12 +166,12 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
 
             match_left = self.desc(self.conv(features_left[0]))
             match_right = self.desc(self.conv(features_right[0]))
-            volume = build_gwc_volume(match_left, match_right, num_planes, COST_VOLUME_GROUPS)
+            volume = self._correlation_volume(match_left, match_right, num_planes)
             volume = self.filter_cost_volume(volume, features_left)
             geo_volume = self.cost_agg(volume, features_left)
             del volume
             logits = self.classifier(geo_volume).squeeze(1)
-        prob = F.softmax(logits.to(dtype), dim=1)
+        prob = F.softmax(logits.to(work), dim=1)
         init_disp = disparity_regression(prob)
 
         with amp:
@@ -178,11 +182,11 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
 
         if self.all_pairs_correlation:
             geometry = GeometryEncoding(
-                geo_volume.to(dtype), self.config.corr_levels, self.config.corr_radius,
-                match_left.to(dtype), match_right.to(dtype),
+                geo_volume.to(work), self.config.corr_levels, self.config.corr_radius,
+                match_left.to(work), match_right.to(work),
             )
         else:
-            geometry = GeometryEncoding(geo_volume.to(dtype), self.config.corr_levels, self.config.corr_radius)
+            geometry = GeometryEncoding(geo_volume.to(work), self.config.corr_levels, self.config.corr_radius)
         del geo_volume
 
         disp = init_disp
@@ -192,24 +196,34 @@ class IGEVBase(nn.Module, metaclass=abc.ABCMeta):
             disp = disp.detach()
             geo_feat = geometry(disp)
             with amp:
-                state, mask_feat, delta_disp = self.update_step(state, geo_feat, disp)
-            disp = disp + delta_disp.to(dtype)
+                state, mask_feat, delta_disp = self.update_step(state, geo_feat.to(dtype), disp.to(dtype))
+            disp = disp + delta_disp.to(work)
             if test_mode and itr < iters - 1:
                 continue
             with amp:
                 gru_logits = self.spx_gru(self.spx_2_gru(mask_feat, stem_2x))
-            weights = F.softmax(gru_logits.to(dtype), dim=1)
+            weights = F.softmax(gru_logits.to(work), dim=1)
             predictions.append(context_upsample(disp * 4.0, weights))
 
         result = ForwardResult(init_disparity=None, predictions=predictions)
         if init_weights is not None:
-            result.init_disparity = context_upsample(init_disp * 4.0, F.softmax(init_weights.to(dtype), dim=1))
+            result.init_disparity = context_upsample(init_disp * 4.0, F.softmax(init_weights.to(work), dim=1))
         if with_confidence and weights is not None:
-            planes = torch.arange(num_planes, dtype=dtype, device=prob.device).view(1, -1, 1, 1)
-            near = ((planes - disp.detach()).abs() <= CONFIDENCE_WINDOW).to(dtype)
+            planes = torch.arange(num_planes, dtype=work, device=prob.device).view(1, -1, 1, 1)
+            near = ((planes - disp.detach()).abs() <= CONFIDENCE_WINDOW).to(work)
             mass = (prob * near).sum(dim=1, keepdim=True)
             result.confidence = context_upsample(mass, weights).clamp(0.0, 1.0)
         return result
+
+    def _correlation_volume(self, match_left: torch.Tensor, match_right: torch.Tensor, planes: int) -> torch.Tensor:
+        """The group-wise correlation volume. With float16/bfloat16 weights the products and their means over each
+        group's channels are accumulated in float32 and only the mean is cast back: a product of two features
+        leaves float16's range (65504) long before their mean does. Otherwise (float32/float64 weights, and under
+        autocast) it is built in the features' dtype, as upstream does."""
+        if self.compute_dtype in (torch.float16, torch.bfloat16):
+            volume = build_gwc_volume(match_left.float(), match_right.float(), planes, COST_VOLUME_GROUPS)
+            return volume.to(self.compute_dtype)
+        return build_gwc_volume(match_left, match_right, planes, COST_VOLUME_GROUPS)
 
     # ---- inference ------------------------------------------------------------------------------------------
     def predict(
