@@ -8,21 +8,18 @@ out of the environment first. Needs the ROS tooling wheels (skipped with the rea
 """
 from __future__ import annotations
 
-import os
 import re
-import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ros_helpers import StampCounter, StereoRigClient, float_image, node_env, require_ros_tooling, small_rig
+from ros_helpers import (VENV, StampCounter, StereoRigClient, float_image, plain_env, small_rig,
+                         venv_activation)
 from stereo_devkit.client import StereoClient
 from stereo_devkit.node_process import NodeProcess
 
-VENV = Path(sys.prefix)
 INPUTS = {"left_image": "/cam/left/image_rect", "right_image": "/cam/right/image_rect",
           "left_info": "/cam/left/camera_info", "right_info": "/cam/right/camera_info"}
 REMAPS = " ".join(f"{arg}:={INPUTS[key]}" for arg, key in (
@@ -32,20 +29,8 @@ REMAPS = " ".join(f"{arg}:={INPUTS[key]}" for arg, key in (
 
 @pytest.fixture(scope="module")
 def activated():
-    """(environment without any ROS/venv setting, shell prefix that activates the venv)."""
-    require_ros_tooling()
-    if sys.prefix == sys.base_prefix or not (VENV / "bin" / "activate").is_file():
-        pytest.skip("not running in a venv with bin/activate (the route under test is `make venv`'s .venv)")
-    return f"source {shlex.quote(str(VENV / 'bin' / 'activate'))} && "
-
-
-def _plain_env(workdir: Path) -> dict[str, str]:
-    env = node_env(workdir)
-    for name in ("AMENT_PREFIX_PATH", "PYTHONPATH", "VIRTUAL_ENV", "COLCON_PREFIX_PATH"):
-        env.pop(name, None)
-    venv_bin = str(VENV / "bin")
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p != venv_bin)
-    return env
+    """The shell prefix that activates the venv (skipped without the ROS tooling or outside a venv)."""
+    return venv_activation()
 
 
 def _run(activated: str, command: str, cwd: Path, env: dict[str, str], timeout: float = 120.0):
@@ -56,7 +41,7 @@ def _run(activated: str, command: str, cwd: Path, env: dict[str, str], timeout: 
 def test_ros2_launch_after_activate_from_another_directory(activated, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = _plain_env(tmp_path)
+    env = plain_env(tmp_path)
     command = f"exec ros2 launch stereo_depth_ros stereo.launch.py backend:=opencv_sgbm namespace:=stereo {REMAPS}"
     with NodeProcess(["bash", "-c", activated + command], env, tmp_path / "launch.log", cwd=elsewhere) as launch, \
             StereoClient(env, namespace="stereo", inputs=INPUTS) as client:
@@ -72,7 +57,7 @@ def test_ros2_launch_after_activate_from_another_directory(activated, tmp_path):
 
 
 def test_launch_whose_node_cannot_start_fails_with_its_message_and_every_place_looked(activated, tmp_path):
-    env = _plain_env(tmp_path)
+    env = plain_env(tmp_path)
     result = _run(activated, "ros2 launch stereo_depth_ros stereo.launch.py model_path:=weights/no_such_student.pth",
                   tmp_path, env)
     output = result.stdout + result.stderr
@@ -88,7 +73,7 @@ def test_launch_whose_node_cannot_start_fails_with_its_message_and_every_place_l
 
 
 def test_launch_with_a_params_file_that_is_not_a_file_stops_with_the_places_looked(activated, tmp_path):
-    env = _plain_env(tmp_path)
+    env = plain_env(tmp_path)
     result = _run(activated, "ros2 launch stereo_depth_ros stereo.launch.py params_file:=no_such_params.yaml",
                   tmp_path, env)
     output = result.stdout + result.stderr
@@ -100,7 +85,7 @@ def test_launch_with_a_params_file_that_is_not_a_file_stops_with_the_places_look
 
 def test_launch_with_rviz_where_rviz_is_missing_stops_before_starting_anything(activated, tmp_path):
     # Raised once the node had started, launch left the node running as an orphan.
-    env = _plain_env(tmp_path)
+    env = plain_env(tmp_path)
     if _run(activated, "ros2 pkg prefix rviz2", tmp_path, env).returncode == 0:
         pytest.skip("rviz2 is installed here; the case under test is a venv without it")
     result = _run(activated, "ros2 launch stereo_depth_ros stereo.launch.py rviz:=true backend:=opencv_sgbm",
@@ -112,7 +97,7 @@ def test_launch_with_rviz_where_rviz_is_missing_stops_before_starting_anything(a
 
 
 def test_ros2_run_with_a_params_file_found_nowhere_is_one_line(activated, tmp_path):
-    env = _plain_env(tmp_path)
+    env = plain_env(tmp_path)
     result = _run(activated, "ros2 run stereo_depth_ros stereo_depth_node --ros-args --params-file nope.yaml",
                   tmp_path, env)
     output = result.stdout + result.stderr
@@ -132,7 +117,7 @@ def test_ros2_run_finds_the_node_and_the_model_in_an_installed_share_folder(acti
     weights = prefix / "share" / "stereo_depth_ros" / "weights" / "seeded_student.pth"
     weights.parent.mkdir(parents=True)
     save_checkpoint(weights, load_model("rt_igev"))  # the seeded init: what matters here is where it is found
-    env = _plain_env(tmp_path)
+    env = plain_env(tmp_path)
     command = (f'export AMENT_PREFIX_PATH="$AMENT_PREFIX_PATH:{prefix}" && exec ros2 run stereo_depth_ros '
                "stereo_depth_node --ros-args -p model_path:=seeded_student.pth -p device:=cpu -p precision:=bf16")
     with NodeProcess(["bash", "-c", activated + command], env, tmp_path / "run.log", cwd=tmp_path) as node:
