@@ -141,6 +141,8 @@ def run_row(size: str, rate: float, reliability: str, transports: str, estimator
             env["PYTHONPATH"] = f"{node_code}{os.pathsep}{env.get('PYTHONPATH', '')}"
             command = ["ros2", "launch", str(node_code / "launch" / launch_file)]
         params = _params_file(folder, estimator)
+        if params is None and node_code is not None:  # that checkout's own defaults, not the installed ones
+            params = node_code / "config" / "stereo.yaml"
         command += ["backend:=opencv_sgbm"] + ([f"params_file:={params}"] if params else [])
         log = open(folder / "launch.log", "wb")
         launch = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
