@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--trtexec-timeout", type=float, default=600)
     args = parser.parse_args(argv)
+    if not Path(args.onnx).is_file():
+        parser.error(f"--onnx {args.onnx}: no such file (make one with `stereo-distill export`)")
 
     import onnxruntime as ort
 

@@ -30,6 +30,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -210,10 +211,12 @@ def _share(part: int | None, whole: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="640x480,1280x720")
+    parser.add_argument("--sizes", default="640x480,1280x720", help="WIDTHxHEIGHT, comma-separated")
     parser.add_argument("--rates", default="15,30", help="Hz, comma-separated; 'auto' = 80 %% of the node's speed")
-    parser.add_argument("--reliability", default="reliable,best_effort")
-    parser.add_argument("--transports", default="default,profile", help="the driver's: default and/or profile")
+    parser.add_argument("--reliability", default="reliable,best_effort",
+                        help="the driver's publishers: reliable and/or best_effort, comma-separated")
+    parser.add_argument("--transports", default="default,profile",
+                        help="the driver's Fast DDS transports: default and/or profile (config/fastdds_shm.xml)")
     parser.add_argument("--estimator", choices=("cheap", "default"), default="cheap")
     parser.add_argument("--seconds", type=float, default=STREAM_S, help="streaming time per row")
     parser.add_argument("--node-code", type=Path, help="run the node and launch file of another checkout")
@@ -221,6 +224,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="also count the pairs a plain reliable subscriber receives (the viewer subscribes images)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON")
     args = parser.parse_args(argv)
+    for name, allowed in (("reliability", {"reliable", "best_effort"}), ("transports", {"default", "profile"})):
+        wrong = set(getattr(args, name).split(",")) - allowed
+        if wrong:
+            parser.error(f"--{name}: {', '.join(sorted(wrong))} not in {', '.join(sorted(allowed))}")
+    for size in args.sizes.split(","):
+        if not re.fullmatch(r"\d{2,5}x\d{2,5}", size):
+            parser.error(f"--sizes: {size!r} is not WIDTHxHEIGHT")
+    for rate in args.rates.split(","):
+        if rate != "auto" and not re.fullmatch(r"\d+(\.\d+)?", rate):
+            parser.error(f"--rates: {rate!r} is not a rate in Hz or auto")
     if shutil.which("ros2") is None:
         print("bench/transport.py: `ros2` not found: activate the venv (source .venv/bin/activate; it needs "
               "../shared/ros/wheels) or source a ROS 2 distribution", file=sys.stderr)

@@ -14,17 +14,19 @@ Ctrl-C stops both.
     ros2 launch stereo_depth_ros stereo.launch.py camera:=realsense driver:=true backend:=opencv_sgbm
 
 Parameters come from config/stereo.yaml, then the camera preset, then your own `params_file:=` (each overrides the
-one before); `backend`, `model_path`, `approximate_sync`, `image_transport` and `rectify`, when given, override
-them all. A remap argument (`left_image:=` ...) overrides the preset's topic; it names the base topic: with
-`image_transport:=compressed` the node reads its `/compressed` sub-topic, and with `rectify:=true` it is the raw
-image. Relative `params_file` and `model_path` values are looked for in the working directory, the package's
-share folder and the checkout (stereo_depth_ros/file_search.py gives the order); a params file found nowhere stops
-the launch with the list of places looked. When the node exits with an error (e.g. it cannot start: bad
-parameters, no model file), the launch ends too, with the node's message and a non-zero exit status. Every
-argument is checked before anything starts: `rviz:=true` where RViz is not installed stops the launch with one
-line. By default the Fast DDS profile config/fastdds_shm.xml is put in the environment of the launched
-processes: its large shared-memory segment keeps megabyte images fast between processes on one host
-(`use_fastdds_profile:=false` turns it off, e.g. when your own profile is already set).
+one before); `backend`, `model_path`, `approximate_sync`, `approximate_sync_tolerance_seconds`, `image_transport`
+and `rectify`, when given, override them all (any other node parameter given as a launch argument stops the launch
+with one line: it belongs in a params file). A remap argument (`left_image:=` ...) overrides the preset's topic; it
+names the base topic: with `image_transport:=compressed` the node reads its `/compressed` sub-topic, and with
+`rectify:=true` it is the raw image. Relative `params_file` and `model_path` values are looked for in the working
+directory, the package's share folder and the checkout (stereo_depth_ros/file_search.py gives the order); a params
+file found nowhere stops the launch with the list of places looked. When the node exits with an error (e.g. it
+cannot start: bad parameters, no model file), the launch ends too, with the node's message and a non-zero exit
+status. Every argument is checked before anything starts: `rviz:=true` where RViz is not installed, a params file
+with no section for the node, or a Fast DDS profile that is not readable XML stops the launch with one line. By
+default the Fast DDS profile config/fastdds_shm.xml is put in the environment of the launched processes: its large
+shared-memory segment carries camera-sized images between processes on one host, where Fast DDS's defaults lose or
+delay them (`use_fastdds_profile:=false` turns it off, e.g. when your own profile is already set).
 """
 import os
 import re
@@ -40,11 +42,16 @@ from launch_ros.actions import Node
 
 from stereo_depth_ros.camera_presets import (PRESETS, CameraPreset, PresetError, load_preset, merge_arguments,
                                              parse_arguments, split_launch_spec)
-from stereo_depth_ros.config import IMAGE_TRANSPORTS
+from stereo_depth_ros.config import IMAGE_TRANSPORTS, ConfigError, NodeConfig, load_params_file
 from stereo_depth_ros.file_search import FileSearchError, find_file
 
 PACKAGE = "stereo_depth_ros"
 NODE_NAME = "stereo_depth_node"
+# Node parameters that are also arguments of this launch file; any other node parameter given as a launch argument
+# is refused (it would be ignored).
+LAUNCH_ARGUMENT_PARAMETERS = frozenset({"backend", "model_path", "approximate_sync",
+                                        "approximate_sync_tolerance_seconds", "image_transport", "rectify"})
+NODE_PARAMETERS = frozenset(NodeConfig().as_dict())
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 DEFAULT_FIXED_FRAME = "left_camera_optical_frame"  # the frame the demo and the tests stamp their images with
 
@@ -115,6 +122,41 @@ def _driver_include(context, preset: CameraPreset | None) -> IncludeLaunchDescri
     return IncludeLaunchDescription(AnyLaunchDescriptionSource(path), launch_arguments=arguments)
 
 
+def _seconds(name: str, text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise LaunchStopped(f"{name}: expected a number of seconds, got {text!r}") from None
+    if not (seconds >= 0.0 and seconds != float("inf")):
+        raise LaunchStopped(f"{name}: expected a finite number of seconds >= 0, got {text!r}")
+    return seconds
+
+
+def _refuse_node_parameters(context) -> None:
+    """A node parameter given as a launch argument (`input_width:=640`) would be ignored silently: launch passes
+    undeclared arguments on to nobody. Stop with one line instead."""
+    misplaced = sorted(name for name in context.launch_configurations
+                       if name in NODE_PARAMETERS and name not in LAUNCH_ARGUMENT_PARAMETERS)
+    if misplaced:
+        given = " ".join(f"{name}:={context.launch_configurations[name]}" for name in misplaced)
+        raise LaunchStopped(f"{given}: node parameter(s), not arguments of this launch file; set them in a params "
+                            "file (params_file:=mine.yaml, layout as config/stereo.yaml), or use "
+                            "`ros2 run stereo_depth_ros stereo_depth_node --ros-args -p NAME:=VALUE`")
+
+
+def _check_profile(path: str) -> None:
+    """The Fast DDS profile must be a readable XML file: Fast DDS only logs a parse error and runs on its
+    defaults, which lose camera-sized frames (docs/node.md, "Camera drivers and transport")."""
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        ElementTree.parse(path)
+    except OSError as exc:
+        raise LaunchStopped(f"fastdds_profile: cannot read {path!r} ({exc.strerror or exc})") from None
+    except ElementTree.ParseError as exc:
+        raise LaunchStopped(f"fastdds_profile: {path!r} is not valid XML ({exc})") from None
+
+
 def _rviz_executable_found() -> bool:
     try:
         get_package_share_directory("rviz2")
@@ -129,7 +171,11 @@ def _actions(context, *args, **kwargs):
     # Resolved here rather than with substitutions because an empty `backend`/`model_path` must mean
     # "keep the params file's value", which a plain parameter substitution cannot express.
     value = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
+    _refuse_node_parameters(context)
     overrides: dict[str, object] = {name: value(name) for name in ("backend", "model_path") if value(name) != ""}
+    if value("approximate_sync_tolerance_seconds") != "":
+        overrides["approximate_sync_tolerance_seconds"] = _seconds("approximate_sync_tolerance_seconds",
+                                                                   value("approximate_sync_tolerance_seconds"))
     for name in ("approximate_sync", "rectify"):
         if value(name) != "":
             overrides[name] = _flag(name, value(name))
@@ -142,9 +188,10 @@ def _actions(context, *args, **kwargs):
     try:
         params_file = str(find_file(value("params_file"), "params"))
         preset = load_preset(value("camera"), os.path.join(share, "config", "cameras")) if value("camera") else None
+        load_params_file(params_file, NODE_NAME)  # a file with no section for the node would be ignored silently
     except FileSearchError as exc:
         raise LaunchStopped(f"params_file: {exc}") from None
-    except PresetError as exc:
+    except (PresetError, ConfigError) as exc:
         raise LaunchStopped(str(exc)) from None
     # Package defaults, then the camera preset, then the user's own file (when it is not the defaults).
     defaults = os.path.join(share, "config", "stereo.yaml")
@@ -153,6 +200,8 @@ def _actions(context, *args, **kwargs):
         params_files.append(params_file)
     driver = _driver_include(context, preset)
     use_profile = _flag("use_fastdds_profile", value("use_fastdds_profile"))
+    if use_profile:
+        _check_profile(value("fastdds_profile"))
     rviz = _flag("rviz", value("rviz"))
     if rviz and not _rviz_executable_found():
         raise LaunchStopped("rviz:=true but package 'rviz2' is not installed here (RViz comes with a ROS 2 "
@@ -215,6 +264,9 @@ def generate_launch_description():
                               description="driver launch file to include, <package>/<file>; empty: the preset's"),
         DeclareLaunchArgument("driver_args", default_value="",
                               description="driver launch arguments 'name:=value ...', over the preset's"),
+        DeclareLaunchArgument("approximate_sync_tolerance_seconds", default_value="",
+                              description="largest left/right stamp difference with approximate_sync (0 = "
+                                          "unbounded); empty keeps the params files'"),
         DeclareLaunchArgument("approximate_sync", default_value="",
                               description="true | false (pair by nearest stamp); empty keeps the params files'"),
         DeclareLaunchArgument("image_transport", default_value="",

@@ -43,18 +43,17 @@ from stereo_depth_ros.diagnostics import FrameStats, Throttle, summary_line
 from stereo_depth_ros.inference import create_estimator
 from stereo_depth_ros.mailbox import LatestMailbox
 from stereo_depth_ros.messages import OutputMessages, diagnostic_array
-from stereo_depth_ros.node_parameters import (EXIT_BACKEND_FAILED, EXIT_BAD_PARAMETERS, StartupError,
-                                              declare_and_read, ready_line, resolve_params_files, runtime_change)
+from stereo_depth_ros.node_parameters import (EXIT_BACKEND_FAILED, EXIT_BAD_PARAMETERS, USAGE, StartupError,
+                                              declare_and_read, first_line, fit_to_backend, ready_line,
+                                              resolve_params_files, runtime_change, wants_help)
 from stereo_depth_ros.pipeline import PairError, StereoPipeline
 from stereo_depth_ros.postprocess import OutputRequest
-from stereo_depth_ros.inputs.health import PairCounters
 from stereo_depth_ros.inputs.sources import FrameDecoder, input_topics
 from stereo_depth_ros.inputs.sync import StereoFrame, StereoSynchronizer
 from stereo_depth_ros.node_inputs import NodeInputs
 
 NODE_NAME = "stereo_depth_node"
 WARNING_PERIOD_S = 5.0
-INPUT_WARNING_PERIOD_S = 10.0  # input health: the same problem at most this often in the log
 STATUS_LOG_PERIOD_S = 10.0
 # The first pair of a stream waits this long for a camera_info that has not been seen yet (image_transport's
 # CameraPublisher sends the image first); a few frame periods at the slowest common camera rates.
@@ -82,13 +81,15 @@ class StereoDepthNode(Node):
         except Exception as exc:  # any loader failure becomes one line, not a traceback
             raise StartupError(f"backend {self.config.backend} failed to load: {type(exc).__name__}: {exc}",
                                EXIT_BACKEND_FAILED) from exc
+        self.config, note = fit_to_backend(self.config, self.estimator)
+        if note:
+            self.get_logger().info(note)
         self.pipeline = StereoPipeline(self.estimator, input_width=self.config.input_width,
                                        input_height=self.config.input_height,
                                        max_disparity=self.config.max_disparity,
                                        confidence_threshold=self.config.confidence_threshold)
         self.stats = FrameStats(window=max(5.0, 3 * self.config.diagnostics_period))
         self._throttle = Throttle(WARNING_PERIOD_S)
-        self._input_throttle = Throttle(INPUT_WARNING_PERIOD_S)
         try:
             self.capture = open_capture(self.config, warn=self._warn)
         except CaptureError as exc:
@@ -126,6 +127,8 @@ class StereoDepthNode(Node):
                                      image_type=image_type, image_topics=image_topics)
             self._create_outputs(overrides)
         except (RuntimeError, ParameterException) as exc:  # a qos_overrides.* value rclpy cannot use
+            if not rclpy.ok(context=self.context):
+                raise  # a signal during start-up: main() treats it as the shutdown it is
             raise StartupError(f"invalid parameters: QoS override: {exc}", EXIT_BAD_PARAMETERS) from None
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(Trigger, "~/capture", self._on_capture)
@@ -257,17 +260,7 @@ class StereoDepthNode(Node):
 
     def _publish_diagnostics(self) -> None:
         snap = self.stats.snapshot()
-        sync = self.sync.stats
-        health = self.inputs.health
-        health.pairs(PairCounters(sync.pairs, sync.unpaired[0], sync.unpaired[1], int(snap["rejected_pairs"]),
-                                  int(snap["processed_pairs"]), str(snap["last_problem"])))
-        problems = health.problems()
-        for key, message in problems:  # also in the log, throttled per problem (its figures change)
-            if self._input_throttle.ready(key):
-                self.get_logger().warning(message)
-        snap.update(health.snapshot())
-        snap.update(stale_images=sync.dropped_stale, pairs_without_camera_info=sync.missing_info,
-                    pairs_with_earlier_camera_info=sync.reused_info, invalid_stamps=sync.invalid_stamps)
+        problems = self.inputs.report(snap)  # input figures into snap; the input problems, logged (throttled)
         snap.update(self.capture.counters() if self.capture is not None else {"capture": "off"})
         self.pub_diagnostics.publish(diagnostic_array(
             snap, f"{self.get_fully_qualified_name()}: stereo depth", self._hardware_id,
@@ -291,12 +284,19 @@ class StereoDepthNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     logger = rclpy.logging.get_logger(NODE_NAME)
+    argv = sys.argv if args is None else args
+    if wants_help(argv):
+        print(USAGE, end="")
+        return 0
     try:
-        args = resolve_params_files(sys.argv if args is None else args)
+        args = resolve_params_files(argv)
+        rclpy.init(args=args)
     except StartupError as exc:
         logger.fatal(str(exc))
         return exc.code
-    rclpy.init(args=args)
+    except Exception as exc:  # rcl refusing the command line (bad YAML, a -p without a value, an unknown flag)
+        logger.fatal(f"invalid command line: {first_line(exc)}")
+        return EXIT_BAD_PARAMETERS
 
     def log_warning(message, category, *_rest, **_kw) -> None:
         logger.warning(f"{category.__name__}: {message}")
@@ -311,6 +311,12 @@ def main(args: list[str] | None = None) -> int:
         except StartupError as exc:
             logger.fatal(str(exc))
             return exc.code
+        except (KeyboardInterrupt, ExternalShutdownException):
+            return 0  # Ctrl-C while starting: a clean stop
+        except Exception:
+            if rclpy.ok():
+                raise
+            return 0  # SIGINT/SIGTERM invalidated the context while starting: a stop, not a failure
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:

@@ -25,13 +25,16 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image
 
-from stereo_depth_ros.inputs.health import LEFT_IMAGE, LEFT_INFO, RIGHT_IMAGE, RIGHT_INFO, InputHealth
+from stereo_depth_ros.file_search import FileSearchError, find_file
+from stereo_depth_ros.diagnostics import Throttle
+from stereo_depth_ros.inputs.health import LEFT_IMAGE, LEFT_INFO, RIGHT_IMAGE, RIGHT_INFO, InputHealth, PairCounters
 from stereo_depth_ros.inputs.qos import FOLLOW, OVERRIDDEN, SYSTEM_DEFAULT, input_profile, needs_switch, \
     reliability_name
 from stereo_depth_ros.inputs.stamps import NS_PER_S, stamp_ns, stamp_problem
 from stereo_depth_ros.inputs.sync import JUMP_BACK_S, StereoSynchronizer
 
 Warn = Callable[[str, str], None]
+INPUT_WARNING_PERIOD_S = 10.0  # input health: the same problem at most this often in the log
 
 
 @dataclass
@@ -45,6 +48,14 @@ class InputTopic:
     subscription: Any = None
     profile: QoSProfile | None = None
     mode: str = FOLLOW  # FOLLOW, SYSTEM_DEFAULT or OVERRIDDEN (inputs.qos)
+
+
+def _profile_path() -> str:
+    """The package's Fast DDS profile as a path that works from anywhere (for the remedy in warnings)."""
+    try:
+        return str(find_file("config/fastdds_shm.xml", "params"))
+    except FileSearchError:
+        return "config/fastdds_shm.xml in the package's share folder"
 
 
 def _payload_bytes(msg: Any) -> int:
@@ -70,6 +81,7 @@ class NodeInputs:
         self._depth, self._system_default = depth, use_system_default_qos
         self._newest_image = {LEFT_IMAGE: -1, RIGHT_IMAGE: -1}  # newest image stamp (ns) per side
         self._stale_seen = 0
+        self._throttle = Throttle(INPUT_WARNING_PERIOD_S)
         self.topics = [InputTopic(LEFT_IMAGE, image_type, image_topics[0], sync.add_left_image),
                        InputTopic(RIGHT_IMAGE, image_type, image_topics[1], sync.add_right_image),
                        InputTopic(LEFT_INFO, CameraInfo, "left/camera_info", sync.add_left_info),
@@ -77,7 +89,7 @@ class NodeInputs:
         for topic in self.topics:
             self._subscribe(topic, overrides)
         self.health = InputHealth({t.role: t.subscription.topic_name for t in self.topics}, approximate,
-                                  tolerance_s)
+                                  tolerance_s, profile=_profile_path())
 
     # -- subscriptions ---------------------------------------------------------------------------------------
     def _subscribe(self, topic: InputTopic, overrides: QoSOverridingOptions | None,
@@ -142,6 +154,22 @@ class NodeInputs:
                    f"so nothing flows from it (policy {getattr(info, 'last_policy_kind', '?')}); let the node "
                    "follow the publishers (no use_system_default_qos, no reliability override)")
 
+    # -- reporting -------------------------------------------------------------------------------------------
+    def report(self, snap: dict[str, Any]) -> list[tuple[str, str]]:
+        """Add the input figures (per topic, pairs, the synchroniser's counters) to a /diagnostics snapshot and
+        return the input problems, each logged as a WARN at most every INPUT_WARNING_PERIOD_S."""
+        sync = self._sync.stats
+        self.health.pairs(PairCounters(sync.pairs, sync.unpaired[0], sync.unpaired[1], int(snap["rejected_pairs"]),
+                                       int(snap["processed_pairs"]), str(snap["last_problem"])))
+        problems = self.health.problems()
+        for key, message in problems:  # throttled per problem, whatever its figures
+            if self._throttle.ready(key):
+                self._node.get_logger().warning(message)
+        snap.update(self.health.snapshot())
+        snap.update(stale_images=sync.dropped_stale, pairs_without_camera_info=sync.missing_info,
+                    pairs_with_earlier_camera_info=sync.reused_info, invalid_stamps=sync.invalid_stamps)
+        return problems
+
     # -- the graph -------------------------------------------------------------------------------------------
     def poll(self) -> None:
         """Publisher counts into the health figures; following subscriptions re-created when they must."""
@@ -149,16 +177,26 @@ class NodeInputs:
             name = topic.subscription.topic_name
             offered = [info.qos_profile.reliability for info in self._node.get_publishers_info_by_topic(name)]
             best_effort = sum(policy == ReliabilityPolicy.BEST_EFFORT for policy in offered)
-            self.health.publishers(topic.role, len(offered), best_effort, self.reliability_in_force(topic))
+            self.health.publishers(topic.role, len(offered), best_effort, self.reliability_in_force(topic),
+                                   note=self._no_publisher_note(name) if not offered else "")
             if topic.mode != FOLLOW:
                 continue
             switch = needs_switch(self._current(topic), offered)
             if switch is not None:
                 self._node.destroy_subscription(topic.subscription)
                 self._subscribe(topic, None, switch)
+                self.health.resubscribed(topic.role)
                 self._node.get_logger().info(
                     f"{name}: subscribing {reliability_name(switch)} now ({best_effort} of {len(offered)} "
                     "publishers offer best effort)")
+
+    def _no_publisher_note(self, name: str) -> str:
+        """For a compressed topic nobody publishes: raw images on its base topic are the likely mix-up."""
+        base = name.removesuffix("/compressed")
+        if base == name or not self._node.count_publishers(base):
+            return ""
+        return (f"raw images are published on {base}: set image_transport:=raw, or publish compressed; remap the "
+                "base topic (without /compressed), image_transport adds the suffix")
 
     def _current(self, topic: InputTopic) -> ReliabilityPolicy:
         """The reliability a following subscription actually has (BEST_AVAILABLE resolved by the middleware)."""

@@ -96,3 +96,49 @@ def ready_line(config: NodeConfig, estimator: Any, sync_implementation: str, cap
             + f", {'approximate' if config.approximate_sync else 'exact'} sync ({sync_implementation}), "
             f"{qos}, capture "
             + (f"into {capture.root} ({capture.counters()['capture']})" if capture else "off"))
+
+
+def fit_to_backend(config: NodeConfig, estimator: Any) -> tuple[NodeConfig, str | None]:
+    """The config adjusted to what the loaded backend can run, and a line to log when it changed.
+
+    - `iters` is checked with the run-time rule (`ros2 param set iters`): a backend without iterations
+      (opencv_sgbm) or with a count fixed at export (an ONNX file) refuses another value: StartupError, exit 2.
+    - A fixed-size ONNX export takes images of one size only: with no working size set (input_width/height 0)
+      that size becomes the working size (the node resizes each pair to it), instead of every pair failing.
+    """
+    if config.iters and config.backend != "torch":  # torch got `iters` when it was built
+        try:
+            estimator.iters = config.iters
+        except ValueError as exc:
+            raise StartupError(f"invalid parameters: parameter iters: {exc}; set iters: 0", EXIT_BAD_PARAMETERS) \
+                from None
+    fixed = getattr(estimator, "fixed_size", None)
+    if fixed is None or (config.input_width and config.input_height):
+        return config, None
+    height, width = fixed
+    note = (f"the ONNX export takes {width}x{height} images only: working size {width}x{height} (each pair is "
+            "resized to it; set input_width/input_height to choose, or export --dynamic)")
+    return dataclasses.replace(config, input_width=int(width), input_height=int(height)), note
+
+
+USAGE = """stereo_depth_node: learned stereo depth for ROS 2 (rectified stereo pair + camera_info in; disparity,
+depth, points2, confidence and /diagnostics out).
+
+    stereo_depth_node --ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r left/image_rect:=TOPIC ...]
+    ros2 launch stereo_depth_ros stereo.launch.py [backend:=opencv_sgbm] [camera:=realsense|zed|oakd] ...
+
+Parameters (with their defaults and descriptions): config/stereo.yaml, or `ros2 param describe`. Topics, QoS,
+diagnostics and the launch file: docs/node.md; cameras: docs/cameras.md.
+"""
+
+
+def wants_help(argv: list[str]) -> bool:
+    """-h or --help before any --ros-args (rcl would take them for ROS arguments and fail)."""
+    own = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    return any(arg in ("-h", "--help") for arg in own)
+
+
+def first_line(exc: Exception) -> str:
+    """rcl's errors carry a C file and line after the first line; the first says what is wrong."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

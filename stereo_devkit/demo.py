@@ -62,6 +62,18 @@ def _number(text: str | None) -> float | int | None:
     return None
 
 
+def _settled(msg: Any) -> bool:
+    """/diagnostics after the stream: every pair the node formed is accounted for (processed, dropped while busy,
+    rejected or idle), so the demo's summary adds up."""
+    values = diagnostic_values(msg) or {}
+    counts = [_number(values.get(key)) for key in ("received_pairs", "processed_pairs", "dropped_pairs",
+                                                   "rejected_pairs", "idle_pairs")]
+    if any(not isinstance(count, int) for count in counts):
+        return False
+    received, *outcomes = counts
+    return bool(received) and received == sum(outcomes)  # type: ignore[arg-type]
+
+
 def choose_backend(requested: str, weights_dir: Path) -> tuple[str, dict[str, object], str]:
     """(backend, node parameters, a sentence saying why)."""
     onnx_files = sorted(weights_dir.glob("*.onnx"))
@@ -134,8 +146,8 @@ def stream(args: argparse.Namespace, rig: StereoRig, params: dict[str, object], 
         disparity = client.wait_for_stamp("disparity", stamp, timeout=args.timeout)
         depth = client.wait_for_stamp("depth", stamp, timeout=10.0)
         cloud = client.wait_for_stamp("points2", stamp, timeout=10.0)
-        diag = client.wait_for("diagnostics", lambda m: (diagnostic_values(m) or {}).get("processed_pairs", "0") != "0",
-                               timeout=10.0, start=max(client.count("diagnostics") - 1, 0))
+        # A /diagnostics published after the last outputs arrived, with every pair accounted for.
+        diag = client.wait_for("diagnostics", _settled, timeout=10.0, start=client.count("diagnostics"))
         latencies = streamer.latencies_s(list(client.received["disparity"]))
         code = node.stop()
     if disparity is None or depth is None:
@@ -158,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
     except DemoError as error:
         print(f"[demo] {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the node process was stopped on the way out (NodeProcess)
+        print("[demo] interrupted", file=sys.stderr)
+        return 130
 
     disp_msg = got.disparity
     disp_img = np.frombuffer(disp_msg.image.data, np.float32).reshape(disp_msg.image.height, disp_msg.image.width)
@@ -189,8 +204,9 @@ def run(args: argparse.Namespace) -> int:
     }
     atomic_write_json(out / "metrics.json", metrics)
 
-    print(f"[demo] processed {lat.size} of {args.frames} pairs (the node drops older pairs while busy; "
-          f"dropped: {metrics['dropped_pairs']})")
+    print(f"[demo] {lat.size} of {args.frames} pairs sent came back as disparity; the node formed "
+          f"{got.diagnostics.get('received_pairs', '?')} pairs, dropped {metrics['dropped_pairs']} while busy (the "
+          f"newest pair wins) and rejected {got.diagnostics.get('rejected_pairs', '?')}")
     if lat.size:
         print(f"[demo] latency stamp -> disparity received: median {np.median(lat):.1f} ms, min {lat.min():.1f} ms "
               f"(node inference {got.diagnostics.get('inference_ms_median', '?')} ms)")
@@ -219,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--width must be in 64..4096")
     if args.frames < 1 or args.rate <= 0:
         parser.error("--frames must be >= 1 and --rate > 0")
+    if not Path(args.weights).is_dir():
+        parser.error(f"--weights {args.weights}: no such folder (it holds sceneflow.pth or an .onnx export; "
+                     "see weights/README.md)")
     return run(args)
 
 

@@ -172,3 +172,32 @@ def test_input_profiles():
     assert follow.reliability in (ReliabilityPolicy.BEST_AVAILABLE, ReliabilityPolicy.RELIABLE)
     system = input_profile(0, use_system_default_qos=True)
     assert system.depth == 1 and system.reliability == ReliabilityPolicy.SYSTEM_DEFAULT
+
+
+def test_publishers_that_just_appeared_are_not_judged_until_a_window_has_passed():
+    """A driver (or a subscription re-created to follow it) gets a window to deliver before 'nothing arrives' or
+    'much less' is said: the warning used to fire before the driver's first frame."""
+    clock = Clock()
+    health = InputHealth(TOPICS, clock=clock)
+    clock.t += 6.0  # past the grace, nobody publishing yet
+    for role in ROLES:
+        health.publishers(role, 1, 1)
+    clock.t += 0.5
+    health.pairs(PairCounters())
+    assert "nothing_arrives" not in dict(health.problems())
+    clock.t += 5.0
+    health.pairs(PairCounters())
+    assert "nothing_arrives" in dict(health.problems())
+    health.resubscribed(LEFT_IMAGE)  # the node re-created the subscription: a new window
+    assert "nothing_arrives" not in dict(health.problems())
+
+
+def test_a_no_publisher_warning_carries_the_nodes_note():
+    clock = Clock()
+    health = healthy(clock)
+    health.publishers(LEFT_IMAGE, 0, 0, note="raw images are published on /cam/left/image_rect: set "
+                                             "image_transport:=raw")
+    clock.t += 6.0
+    message = dict(health.problems())["no_publisher:left image"]
+    assert message.endswith("; raw images are published on /cam/left/image_rect: set image_transport:=raw")
+    assert "-r left/image_rect:=<driver's topic>" in message  # the pip-alone route's way to remap

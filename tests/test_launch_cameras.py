@@ -122,6 +122,20 @@ def test_each_preset_subscribes_to_its_drivers_topics(activated, tmp_path, camer
     assert code == 0 and "Traceback" not in launch.log(), launch.log()
 
 
+def test_sync_tolerance_launch_argument_reaches_the_node(activated, tmp_path):
+    """The node's advice for stamps that differ ("set approximate_sync:=true with
+    approximate_sync_tolerance_seconds:=...") can be followed on the launch line."""
+    env = plain_env(tmp_path)
+    arguments = "approximate_sync:=true approximate_sync_tolerance_seconds:=0.006"
+    with _launch(activated, arguments, tmp_path, env) as launch:
+        assert launch.wait_for_log("ready: backend opencv_sgbm", timeout=60), launch.log()
+        got = subprocess.run(["bash", "-c", activated + "ros2 param get /stereo_depth_node "
+                              "approximate_sync_tolerance_seconds --no-daemon --spin-time 5"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)
+        launch.stop(timeout=30.0)
+    assert "Double value is: 0.006" in got.stdout, got.stdout + got.stderr
+
+
 def test_own_params_file_and_launch_arguments_override_the_preset(activated, tmp_path):
     own = tmp_path / "mine.yaml"
     own.write_text(yaml.safe_dump({"stereo_depth_node": {"ros__parameters": {
@@ -194,6 +208,11 @@ def test_driver_launch_file_is_included_with_the_same_environment_and_stops_with
     ("camera:=realsense driver:=true driver_args:=enable_infra1", "driver_args 'enable_infra1' is not name:=value"),
     ("approximate_sync:=maybe", "approximate_sync: expected true or false, got 'maybe'"),
     ("image_transport:=theora", "image_transport: expected raw or compressed, got 'theora'"),
+    ("approximate_sync_tolerance_seconds:=soon", "approximate_sync_tolerance_seconds: expected a number of seconds"),
+    # a node parameter is not a launch argument: launch would pass it to nobody, silently
+    ("input_width:=640 input_height:=480", "input_height:=480 input_width:=640: node parameter(s), not arguments"),
+    ("fastdds_profile:=/nonexistent.xml", "fastdds_profile: cannot read '/nonexistent.xml'"),
+    ("params_file:=config/distill.yaml", "has no section for node 'stereo_depth_node'"),
 ])
 def test_bad_camera_arguments_stop_the_launch_before_anything_starts(activated, tmp_path, arguments, message):
     env = plain_env(tmp_path)

@@ -383,8 +383,9 @@ def test_torch_backend_with_seeded_weights(tmp_path, student_weights):
     ({"backend": "opencv_sgbm", "latency_budget_ms": 30.0}, r"parameter latency_budget_ms: only the torch backend"),
     ({"backend": "opencv_sgbm", "qos_overrides./left/image_rect.subscription.reliability": "sometimes"},
      r"QoS override: .*reliability.*sometimes"),
+    ({"backend": "opencv_sgbm", "iters": 4}, r"parameter iters: backend opencv_sgbm has no refinement iterations"),
 ], ids=["unknown_backend", "negative_iters", "missing_model", "unknown_name", "wrong_type", "budget_not_torch",
-        "bad_qos_override"])
+        "bad_qos_override", "iters_without_iterations"])
 def test_bad_startup_parameters_exit_with_one_message(tmp_path, params, message):
     env = node_env(tmp_path)
     with start_node(tmp_path, env, params) as node:

@@ -120,3 +120,26 @@ def test_frame_stats_idle_iterations_and_budget_misses():
     assert (snap["idle_pairs"], snap["iterations"], snap["budget_misses"]) == (1, 1, 1)
     stats.pair_published(latency_s=0.01, inference_s=0.01, valid_share=1.0)
     assert stats.snapshot()["iterations"] == "none"
+
+
+def test_fit_to_backend_takes_a_fixed_export_size_and_refuses_iters_a_backend_cannot_run():
+    """A fixed-size ONNX export with no working size set runs at its size (pairs used to fail one by one); an
+    `iters` that the backend would refuse at run time is refused at start-up too (exit 2)."""
+    import pytest
+
+    from stereo_depth_ros.config import NodeConfig
+    from stereo_depth_ros.inference import create_estimator
+    from stereo_depth_ros.node_parameters import EXIT_BAD_PARAMETERS, StartupError, fit_to_backend
+
+    class FixedExport:  # the two attributes fit_to_backend reads from an OnnxEstimator (a real one needs an export)
+        fixed_size = (96, 160)
+        iters = 8
+
+    config, note = fit_to_backend(NodeConfig(backend="onnxruntime", model_path="x.onnx"), FixedExport())
+    assert (config.input_width, config.input_height) == (160, 96) and "160x96 images only" in note
+    chosen = NodeConfig(backend="onnxruntime", model_path="x.onnx", input_width=320, input_height=192)
+    assert fit_to_backend(chosen, FixedExport()) == (chosen, None)  # the user's working size stands
+    sgbm = create_estimator("opencv_sgbm", max_disparity=64)
+    with pytest.raises(StartupError, match="parameter iters: backend opencv_sgbm has no refinement") as raised:
+        fit_to_backend(NodeConfig(backend="opencv_sgbm", iters=4), sgbm)
+    assert raised.value.code == EXIT_BAD_PARAMETERS

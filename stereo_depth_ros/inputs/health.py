@@ -49,6 +49,8 @@ class TopicHealth:
     best_effort_publishers: int = 0
     last_size: int = 0  # bytes of the last message's payload
     subscription: str = ""  # the reliability in force, e.g. "reliable"
+    matched_since: float | None = None  # when the current publishers were first seen (or the subscription renewed)
+    note: str = ""  # what the node adds to a no-publisher warning (e.g. raw images on the compressed base topic)
     window: EventWindow = field(default_factory=lambda: EventWindow(5.0, keep=2, max_age=5.0))
     stamps: deque = field(default_factory=lambda: deque(maxlen=STAMPS_KEPT))  # (arrival, stamp ns)
 
@@ -68,13 +70,16 @@ class PairCounters:
 class InputHealth:
     """topics: role (ROLES) -> topic name as the node resolved it (after remapping). approximate and
     tolerance_s: the sync settings (for the advice); window: seconds looked back; grace: seconds after start
-    before anything is judged; clock: monotonic seconds."""
+    before anything is judged; clock: monotonic seconds; profile: the Fast DDS profile's path, named in the
+    remedy for best-effort losses."""
 
     def __init__(self, topics: dict[str, str], approximate: bool = False, tolerance_s: float = 0.0,
-                 window: float = 5.0, grace: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 window: float = 5.0, grace: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 profile: str = "config/fastdds_shm.xml") -> None:
         self.topics = {role: TopicHealth(topics[role], window=EventWindow(window, keep=2, max_age=window))
                        for role in ROLES}
         self.approximate, self.tolerance_s = approximate, tolerance_s
+        self.profile = profile  # the Fast DDS profile's path, for the remedy
         self.window, self.grace, self._clock = window, grace, clock
         self._start = clock()
         self._pairs: deque[tuple[float, PairCounters]] = deque()
@@ -91,10 +96,28 @@ class InputHealth:
         if stamp_ns is not None:
             topic.stamps.append((now, stamp_ns))
 
-    def publishers(self, role: str, count: int, best_effort: int, subscription: str = "") -> None:
+    def publishers(self, role: str, count: int, best_effort: int, subscription: str = "", note: str = "",
+                   now: float | None = None) -> None:
+        """What the graph says about `role`'s topic. `note`: added to the no-publisher warning."""
         topic = self.topics[role]
+        if count and not topic.publishers:
+            topic.matched_since = self._clock() if now is None else now
+        elif not count:
+            topic.matched_since = None
         topic.publishers, topic.best_effort_publishers = count, best_effort
         topic.subscription = subscription or topic.subscription
+        topic.note = note
+
+    def resubscribed(self, role: str, now: float | None = None) -> None:
+        """The node re-created `role`'s subscription: what arrives is judged afresh, a window from now."""
+        topic = self.topics[role]
+        if topic.publishers:
+            topic.matched_since = self._clock() if now is None else now
+
+    def _settled(self, role: str, now: float) -> bool:
+        """Publishers matched for a whole window: long enough to judge what arrives from them."""
+        since = self.topics[role].matched_since
+        return since is not None and now - since >= self.window
 
     def lost(self, role: str, count: int) -> None:
         self.topics[role].lost += max(0, int(count))
@@ -162,11 +185,15 @@ class InputHealth:
         return [problem for problem in found if problem is not None]
 
     def _no_publisher(self, role: str) -> tuple[str, str]:
-        topic = self.topics[role].topic
+        health = self.topics[role]
         need = " (depth and points need it)" if "camera_info" in role else ""
-        return (f"no_publisher:{role}", f"no publisher on {topic} ({role}){need}: is the camera driver running, "
-                f"and does its topic have this name? (`ros2 topic list`; remap it, e.g. the launch argument "
-                f"{role.split()[0]}_{'image' if 'image' in role else 'camera_info'}:=<driver's topic>)")
+        side, kind = role.split()[0], "image" if "image" in role else "camera_info"
+        remap = f"{side}/image_rect" if kind == "image" else f"{side}/camera_info"
+        note = f"; {health.note}" if health.note else ""
+        return (f"no_publisher:{role}", f"no publisher on {health.topic} ({role}){need}: is the camera driver "
+                f"running, and does its topic have this name? (`ros2 topic list`; remap it: the launch argument "
+                f"{side}_{kind}:=<driver's topic>, or -r {remap}:=<driver's topic> on the node's command line)"
+                + note)
 
     def _cause(self, role: str) -> str:
         topic = self.topics[role]
@@ -178,7 +205,7 @@ class InputHealth:
             return (f"likely cause:{lost} {what} over a best-effort link: with Fast DDS's default transports "
                     "they travel over UDP in fragments, and one lost fragment loses the message. Remedy: have the "
                     "driver publish reliable (the node then subscribes reliable), or run it under the same Fast DDS "
-                    f"profile (config/fastdds_shm.xml), e.g. from the node's launch file; see {DOCS}")
+                    f"profile ({self.profile}), e.g. from the node's launch file; see {DOCS}")
         return (f"likely cause:{lost} the driver publishes less on this topic, or this host is overloaded "
                 f"(`ros2 topic hz {topic.topic}`); see {DOCS}")
 
@@ -189,7 +216,7 @@ class InputHealth:
         mine = self._recent(role, now)
         versus = max((self._recent(OTHER_SIDE[role], now), other.topic),
                      (self._recent(SAME_SIDE_INFO[role], now), f"its camera_info {info.topic}"))
-        if topic.publishers == 0 or versus[0] < 3 or mine >= MUCH_LESS * versus[0]:
+        if not self._settled(role, now) or versus[0] < 3 or mine >= MUCH_LESS * versus[0]:
             return None
         hz = 1.0 / self.window
         return (f"starved:{role}", f"{role}: {mine * hz:.1f} Hz arrive on {topic.topic}, against "
@@ -198,7 +225,8 @@ class InputHealth:
     def _nothing_arrives(self, now: float) -> tuple[str, str] | None:
         """Publishers on both image topics, and nothing at all arrives."""
         left, right = self.topics[LEFT_IMAGE], self.topics[RIGHT_IMAGE]
-        if not (left.publishers and right.publishers) or any(self._recent(role, now) for role in ROLES):
+        if not (self._settled(LEFT_IMAGE, now) and self._settled(RIGHT_IMAGE, now)) or \
+                any(self._recent(role, now) for role in ROLES):
             return None
         return ("nothing_arrives", f"publishers are matched on {left.topic} and {right.topic} but nothing "
                 f"arrives; {self._cause(LEFT_IMAGE)}")
@@ -206,7 +234,7 @@ class InputHealth:
     def _info_starved(self, role: str, now: float) -> tuple[str, str] | None:
         topic = self.topics[role]
         image = LEFT_IMAGE if role == LEFT_INFO else RIGHT_IMAGE
-        if topic.publishers == 0 or self._recent(role, now) or self._recent(image, now) < 3:
+        if not self._settled(role, now) or self._recent(role, now) or self._recent(image, now) < 3:
             return None
         return (f"nothing_arrives:{role}", f"{role}: publishers are matched on {topic.topic} but nothing arrives "
                 f"while images do (depth and points need it); {self._cause(role)}")
