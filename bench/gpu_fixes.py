@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from gpu_measure import Deadline, PeakMemory, Row, median, motorcycle_pair, time_ms, to_numpy
-from gpu_sections import VARIANT_NAMES, Emit, Settings, size_text
+from gpu_sections import VARIANT_NAMES, Emit, Settings, plain_camera, size_text
 
-from stereo_depth_ros.camera_geometry import StereoCamera
 from stereo_depth_ros.inference.capture import CaptureContext
 from stereo_depth_ros.inference.torch_backend import TorchEstimator
 
@@ -82,8 +81,7 @@ def warmup_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
     from stereo_depth_ros.postprocess import OutputRequest
 
     left, right = motorcycle_pair(cam_h, cam_w)
-    camera = StereoCamera(fx=float(cam_w), fy=float(cam_w), cx=cam_w / 2 - 0.5, cy=cam_h / 2 - 0.5, baseline=0.1,
-                          width=cam_w, height=cam_h)
+    camera = plain_camera(cam_h, cam_w)
     request = OutputRequest(confidence=False)  # nobody wants confidence: the graph without it is the one to capture
     estimator = student(s, s.device)
     pipeline = StereoPipeline(estimator, input_width=work_w, input_height=work_h)

@@ -66,6 +66,12 @@ def size_text(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
 
+def plain_camera(height: int, width: int) -> StereoCamera:
+    """A camera with plain calibration values for pipeline rows: the work per frame does not depend on them."""
+    return StereoCamera(fx=float(width), fy=float(width), cx=width / 2 - 0.5, cy=height / 2 - 0.5, baseline=0.1,
+                        width=width, height=height)
+
+
 def warning_notes(caught: list[warnings.WarningMessage]) -> list[str]:
     notes: list[str] = []
     for item in caught:
@@ -197,9 +203,7 @@ def pipeline_section(s: Settings, deadline: Deadline, emit: Emit) -> None:
     from stereo_depth_ros.pipeline import StereoPipeline
 
     left, right = motorcycle_pair(height, width)
-    # plain calibration values: the work per frame does not depend on them
-    camera = StereoCamera(fx=float(width), fy=float(width), cx=width / 2 - 0.5, cy=height / 2 - 0.5, baseline=0.1,
-                          width=width, height=height)
+    camera = plain_camera(height, width)
     with PeakMemory(s.device) as memory:
         estimator = TorchEstimator(model="rt_igev", model_path=s.weights, device=str(s.device),
                                    iters=s.student_iters)

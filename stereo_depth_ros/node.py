@@ -199,9 +199,10 @@ class StereoDepthNode(Node):
             if job is None:
                 continue
             try:
-                if self.capture is not None or self._request().any():  # lazy: no decoding for nobody
+                request = self._request()
+                if self.capture is not None or request.any():  # lazy: no decoding for nobody
                     job.frame = self.decoder.decode(job.frame)  # decompress/rectify here, off the executor
-                confident_share = self._process(job)
+                confident_share = self._process(job, request)
                 if self.capture is not None:  # after publishing; queues references, never waits for the disk
                     self.capture.offer_frame(job.frame, confident_share, self.get_fully_qualified_name())
             except PairError as exc:
@@ -221,10 +222,9 @@ class StereoDepthNode(Node):
             points=self.config.publish_points and self.pub_points.get_subscription_count() > 0,
             confidence=self.config.publish_confidence and self.pub_confidence.get_subscription_count() > 0)
 
-    def _process(self, job: _Job) -> float | None:
+    def _process(self, job: _Job, request: OutputRequest) -> float | None:
         """Publish the outputs of one pair; returns its confident share (None when no inference ran)."""
         frame = job.frame
-        request = self._request()
         if not request.any():
             self.stats.pair_idle()
             return None

@@ -30,8 +30,8 @@ from stereo_depth_ros.diagnostics import Throttle
 from stereo_depth_ros.inputs.health import LEFT_IMAGE, LEFT_INFO, RIGHT_IMAGE, RIGHT_INFO, InputHealth, PairCounters
 from stereo_depth_ros.inputs.qos import FOLLOW, OVERRIDDEN, SYSTEM_DEFAULT, input_profile, needs_switch, \
     reliability_name
-from stereo_depth_ros.inputs.stamps import NS_PER_S, stamp_ns, stamp_problem
-from stereo_depth_ros.inputs.sync import JUMP_BACK_S, StereoSynchronizer
+from stereo_depth_ros.inputs.stamps import stamp_ns, stamp_problem
+from stereo_depth_ros.inputs.sync import StereoSynchronizer
 
 Warn = Callable[[str, str], None]
 INPUT_WARNING_PERIOD_S = 10.0  # input health: the same problem at most this often in the log
@@ -48,6 +48,7 @@ class InputTopic:
     subscription: Any = None
     profile: QoSProfile | None = None
     mode: str = FOLLOW  # FOLLOW, SYSTEM_DEFAULT or OVERRIDDEN (inputs.qos)
+    reliability: ReliabilityPolicy = ReliabilityPolicy.RELIABLE  # in force (BEST_AVAILABLE/system default resolved)
 
 
 def _profile_path() -> str:
@@ -79,8 +80,6 @@ class NodeInputs:
         self._node, self._sync, self._warn = node, sync, warn
         self._on_camera_info = on_camera_info
         self._depth, self._system_default = depth, use_system_default_qos
-        self._newest_image = {LEFT_IMAGE: -1, RIGHT_IMAGE: -1}  # newest image stamp (ns) per side
-        self._stale_seen = 0
         self._throttle = Throttle(INPUT_WARNING_PERIOD_S)
         self.topics = [InputTopic(LEFT_IMAGE, image_type, image_topics[0], sync.add_left_image),
                        InputTopic(RIGHT_IMAGE, image_type, image_topics[1], sync.add_right_image),
@@ -111,36 +110,25 @@ class NodeInputs:
             topic.mode = (SYSTEM_DEFAULT if self._system_default
                           else OVERRIDDEN if profile.reliability != asked else FOLLOW)
         topic.profile = profile
+        # What the middleware made of BEST_AVAILABLE or the system default: read once, from our own endpoint.
+        concrete = profile.reliability in (ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT)
+        resolved = profile.reliability if concrete else self._own_reliability(topic)
+        topic.reliability = resolved if resolved is not None else ReliabilityPolicy.RELIABLE
 
     def _callback(self, topic: InputTopic) -> Callable[[Any], None]:
-        is_image = topic.role in (LEFT_IMAGE, RIGHT_IMAGE)
+        is_info = topic.role in (LEFT_INFO, RIGHT_INFO)
 
         def callback(msg: Any) -> None:
             try:
                 valid = stamp_problem(msg) is None
                 self.health.received(topic.role, stamp_ns(msg) if valid else None, _payload_bytes(msg))
-                if not is_image and self._on_camera_info is not None:
+                if is_info and self._on_camera_info is not None:
                     self._on_camera_info(msg)
-                topic.add(msg)  # the synchroniser drops (and names) a stamp it cannot use
-                if is_image and valid:
-                    self._note_order(topic.role, msg)
+                topic.add(msg)  # the synchroniser drops (and names) stale images and stamps it cannot use
             except Exception as exc:  # never let one message kill the node
                 self._warn(f"input:{type(exc).__name__}", f"{topic.role} message on {topic.subscription.topic_name} "
                            f"skipped: {type(exc).__name__}: {exc}")
         return callback
-
-    def _note_order(self, role: str, msg: Any) -> None:
-        """After the synchroniser took the image: warn (throttled) when it dropped it as stale, saying how."""
-        stamp, newest = stamp_ns(msg), self._newest_image[role]
-        # far behind the newest: the synchroniser restarted its ordering (time jumped back), and so does this
-        self._newest_image[role] = stamp if newest - stamp > JUMP_BACK_S * NS_PER_S else max(newest, stamp)
-        stale = self._sync.stats.dropped_stale
-        if stale == self._stale_seen:
-            return
-        self._stale_seen = stale
-        what = "duplicated" if stamp == newest else "out-of-order" if stamp < newest else "late"
-        self._warn(f"stamp:{what}", f"{role} dropped, {what} stamp {stamp / 1e9:.9f} s (newest seen "
-                   f"{newest / 1e9:.9f} s); {stale} stale images so far")
 
     def _lost(self, topic: InputTopic, info: Any) -> None:
         self.health.lost(topic.role, getattr(info, "total_count_change", 0))
@@ -177,11 +165,11 @@ class NodeInputs:
             name = topic.subscription.topic_name
             offered = [info.qos_profile.reliability for info in self._node.get_publishers_info_by_topic(name)]
             best_effort = sum(policy == ReliabilityPolicy.BEST_EFFORT for policy in offered)
-            self.health.publishers(topic.role, len(offered), best_effort, self.reliability_in_force(topic),
+            self.health.publishers(topic.role, len(offered), best_effort,
                                    note=self._no_publisher_note(name) if not offered else "")
             if topic.mode != FOLLOW:
                 continue
-            switch = needs_switch(self._current(topic), offered)
+            switch = needs_switch(topic.reliability, offered)
             if switch is not None:
                 self._node.destroy_subscription(topic.subscription)
                 self._subscribe(topic, None, switch)
@@ -198,15 +186,6 @@ class NodeInputs:
         return (f"raw images are published on {base}: set image_transport:=raw, or publish compressed; remap the "
                 "base topic (without /compressed), image_transport adds the suffix")
 
-    def _current(self, topic: InputTopic) -> ReliabilityPolicy:
-        """The reliability a following subscription actually has (BEST_AVAILABLE resolved by the middleware)."""
-        assert topic.profile is not None
-        asked = topic.profile.reliability
-        if asked in (ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT):
-            return asked
-        resolved = self._own_reliability(topic)
-        return resolved if resolved is not None else ReliabilityPolicy.RELIABLE
-
     def _own_reliability(self, topic: InputTopic) -> ReliabilityPolicy | None:
         node = self._node
         for info in node.get_subscriptions_info_by_topic(topic.subscription.topic_name):
@@ -215,8 +194,7 @@ class NodeInputs:
         return None
 
     def reliability_in_force(self, topic: InputTopic) -> str:
-        policy = self._own_reliability(topic)
-        return reliability_name(policy if policy is not None else topic.profile.reliability)  # type: ignore
+        return reliability_name(topic.reliability)
 
     def _mode_text(self, topic: InputTopic) -> str:
         return {FOLLOW: "following the publishers", SYSTEM_DEFAULT: "use_system_default_qos",

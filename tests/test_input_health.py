@@ -49,7 +49,7 @@ def stream(health: InputHealth, clock: Clock, seconds: float, rate: float = 10.0
 def healthy(clock: Clock, approximate: bool = False, tolerance: float = 0.0, best_effort: int = 0) -> InputHealth:
     health = InputHealth(TOPICS, approximate=approximate, tolerance_s=tolerance, clock=clock)
     for role in ROLES:
-        health.publishers(role, 1, best_effort, "reliable")
+        health.publishers(role, 1, best_effort)
     return health
 
 

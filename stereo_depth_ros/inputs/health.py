@@ -48,7 +48,6 @@ class TopicHealth:
     publishers: int = 0
     best_effort_publishers: int = 0
     last_size: int = 0  # bytes of the last message's payload
-    subscription: str = ""  # the reliability in force, e.g. "reliable"
     matched_since: float | None = None  # when the current publishers were first seen (or the subscription renewed)
     note: str = ""  # what the node adds to a no-publisher warning (e.g. raw images on the compressed base topic)
     window: EventWindow = field(default_factory=lambda: EventWindow(5.0, keep=2, max_age=5.0))
@@ -96,8 +95,7 @@ class InputHealth:
         if stamp_ns is not None:
             topic.stamps.append((now, stamp_ns))
 
-    def publishers(self, role: str, count: int, best_effort: int, subscription: str = "", note: str = "",
-                   now: float | None = None) -> None:
+    def publishers(self, role: str, count: int, best_effort: int, note: str = "", now: float | None = None) -> None:
         """What the graph says about `role`'s topic. `note`: added to the no-publisher warning."""
         topic = self.topics[role]
         if count and not topic.publishers:
@@ -105,7 +103,6 @@ class InputHealth:
         elif not count:
             topic.matched_since = None
         topic.publishers, topic.best_effort_publishers = count, best_effort
-        topic.subscription = subscription or topic.subscription
         topic.note = note
 
     def resubscribed(self, role: str, now: float | None = None) -> None:

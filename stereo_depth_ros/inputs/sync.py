@@ -176,6 +176,9 @@ class StereoSynchronizer:
             if t <= last:
                 if last - t <= JUMP_BACK_S * NS_PER_S:
                     self.stats.dropped_stale += 1
+                    what = "duplicated" if t == last else "out-of-order"
+                    self._warn(f"stamp:{what}", f"{SIDES[side]} image dropped, {what} stamp {t / NS_PER_S:.9f} s "
+                               f"(last pair {last / NS_PER_S:.9f} s); {self.stats.dropped_stale} stale images so far")
                     return
                 self._warn("stamp:jump", f"{SIDES[side]} image stamped {t / NS_PER_S:.9f} s is "
                            f"{(last - t) / NS_PER_S:.3f} s behind the last pair ({last / NS_PER_S:.9f} s): the "
@@ -232,6 +235,8 @@ class StereoSynchronizer:
         if stamps[LEFT] <= self._last[LEFT] or stamps[RIGHT] <= self._last[RIGHT]:
             # message_filters keeps older messages after a match; a later partner would pair them backwards.
             self.stats.dropped_stale += 1
+            self._warn("stamp:late", f"pair stamped {stamps[LEFT] / NS_PER_S:.9f} s dropped, late: older than the "
+                       f"last pair; {self.stats.dropped_stale} stale images so far")
             return
         self._last = stamps
         if self._pending is not None:
